@@ -1,0 +1,141 @@
+"""Training speed on CPU: our "small" U-Net beside a diffusers UNet2DModel of similar cost.
+
+Both networks are trained by the same minimal diffusion step (sample t, add noise,
+forward, MSE on eps, backward, AdamW). The machine is shared, so the two models are
+measured in interleaved rounds and the ratio is taken per round: load from other
+processes hits both halves of a round about equally.
+
+    .venv/bin/python bench/train_speed.py [--rounds 6] [--steps 4] [--threads 2]
+
+diffusers is a bench-only extra (pip install diffusers).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xurdif.diffusion.prediction import add_noise  # noqa: E402
+from xurdif.diffusion.schedule import make_schedule  # noqa: E402
+from xurdif.models.unet import UNet, unet_config  # noqa: E402
+
+class Peer(nn.Module):
+    """diffusers wraps its output in an object; give it our net(x, t) -> tensor signature."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t).sample
+
+
+def peer_unet(widths: tuple[int, ...] = (64, 96, 96, 96)) -> nn.Module:
+    """A diffusers UNet2DModel tuned to about our "small" preset's GFLOPs at 64 px."""
+    from diffusers import UNet2DModel
+
+    return Peer(UNet2DModel(
+        sample_size=64, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=widths,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=32,
+    ))
+
+
+def gflops_per_image(model: nn.Module, size: int = 64) -> float:
+    x, t = torch.randn(1, 3, size, size), torch.tensor([500])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, t)
+    return counter.get_total_flops() / 1e9
+
+
+def make_trainer(model: nn.Module, batch: int, size: int, seed: int = 0) -> Callable[[], float]:
+    """One closure per model: each call runs one training step and returns the loss."""
+    net, sched = model, make_schedule("cosine", 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(batch, 3, size, size, generator=gen) * 2 - 1  # fixed "data" batch
+
+    def step() -> float:
+        t = torch.randint(0, sched.T, (batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = add_noise(x0, eps, sched.ab(t)[:, None, None, None])
+        loss = torch.nn.functional.mse_loss(net(x_t, t), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def time_steps(step: Callable[[], float], steps: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def compare(models: dict[str, nn.Module], rounds: int, steps: int, batch: int, size: int) -> dict:
+    """Images/s per model in interleaved rounds (after one warm-up step each)."""
+    trainers = {name: make_trainer(m.train(), batch, size) for name, m in models.items()}
+    for step in trainers.values():
+        step()
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(rounds):
+        # Alternate the order so neither model always runs first in a round.
+        names = list(trainers) if r % 2 == 0 else list(reversed(trainers))
+        for name in names:
+            speeds[name].append(time_steps(trainers[name], steps, batch))
+    return speeds
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4, help="training steps per model per round")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--preset", default="small")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    models = {f"xurdif_unet {args.preset}": UNet(**unet_config(args.preset)), "diffusers UNet2DModel": peer_unet()}
+    info = {n: (sum(q.numel() for q in m.parameters()) / 1e6, gflops_per_image(m, args.size))
+            for n, m in models.items()}
+    speeds = compare(models, args.rounds, args.steps, args.batch, args.size)
+    ours, peer = list(models)
+    ratios = [a / b for a, b in zip(speeds[ours], speeds[peer])]
+
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.size} px, "
+          f"{args.rounds} rounds x {args.steps} steps")
+    print("| model | params (M) | GFLOP/img fwd | images/s (median) | min..max |")
+    print("|---|---:|---:|---:|---:|")
+    for name in models:
+        s = speeds[name]
+        print(f"| {name} | {info[name][0]:.2f} | {info[name][1]:.2f} | {statistics.median(s):.2f} "
+              f"| {min(s):.2f}..{max(s):.2f} |")
+    print(f"\nratio ours/peer per round: median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}..{max(ratios):.3f}")
+    print(f"peak RSS of the process: {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

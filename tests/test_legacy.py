@@ -1,0 +1,292 @@
+"""Importing urdiffusion / xurdif checkpoints: legacy checkpoints are built the
+way the original trainers save them, imported through the CLI entry point, and
+the imported networks must compute exactly what the originals' weights compute."""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xurdif.diffusion.denoiser import Denoiser
+from xurdif.diffusion.schedule import make_schedule
+from xurdif.legacy_import import SCHEDULE_BUFFERS, main
+from xurdif.models.legacy import TinyUNetWithAttention3, Unet2
+from xurdif.weights import load_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def original_schedule_buffers(T: int) -> dict[str, torch.Tensor]:
+    """The 12 buffers of urdiffusion's GaussianDiffusion, computed as it does (float32)."""
+    s, steps = 0.008, T + 1
+    x = torch.linspace(0, T, steps)
+    ac = torch.cos(((x / steps) + s) / (1 + s) * math.pi * 0.5) ** 2
+    ac = ac / ac[0]
+    betas = torch.clip(1 - ac[1:] / ac[:-1], 0, 0.999)
+    alphas = 1 - betas
+    ac = torch.cumprod(alphas, dim=0)
+    ac_prev = F.pad(ac[:-1], (1, 0), value=1.0)
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    bufs = {
+        "betas": betas, "alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev,
+        "sqrt_alphas_cumprod": ac.sqrt(), "sqrt_one_minus_alphas_cumprod": (1 - ac).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - ac).log(), "sqrt_recip_alphas_cumprod": (1 / ac).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / ac - 1).sqrt(), "posterior_variance": post_var,
+        "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * ac_prev.sqrt() / (1 - ac),
+        "posterior_mean_coef2": (1 - ac_prev) * alphas.sqrt() / (1 - ac),
+    }
+    assert set(bufs) == set(SCHEDULE_BUFFERS)
+    return bufs
+
+
+def wrapper_state(net: torch.nn.Module, T: int) -> dict[str, torch.Tensor]:
+    """A diffusion wrapper's state dict: network under `denoise_fn.` plus schedule buffers."""
+    state = {f"denoise_fn.{k}": v.clone() for k, v in net.state_dict().items()}
+    state.update(original_schedule_buffers(T))
+    return state
+
+
+def perturbed_copy(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    other = type(net)(**net.cfg)
+    other.cfg = net.cfg
+    other.load_state_dict(net.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return other.eval()
+
+
+def make_net(cls, seed: int, **cfg) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = cls(**cfg).eval()
+    net.cfg = cfg
+    return net
+
+
+def legacy_checkpoint(net, ema, mtype: str, T: int = 1000, pred: str | None = None, **extra) -> dict:
+    ckpt = {
+        "step": 1200,
+        "model": wrapper_state(net, T),
+        "ema": wrapper_state(ema, T),
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                   "growth_interval": 2000, "_growth_tracker": 0},
+        "mults": list(net.cfg["dim_mults"]),
+        "mtype": mtype,
+    }
+    if pred is not None:  # urdiffusion checkpoints have no 'pred' at all
+        ckpt["pred"] = pred
+    ckpt.update(extra)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    net = make_net(TinyUNetWithAttention3, 0, dim=16, dim_mults=[1, 2])
+    return net, perturbed_copy(net, 1)
+
+
+@pytest.fixture(scope="module")
+def unet2():
+    net = make_net(Unet2, 2, dim=16, dim_mults=[1, 2])
+    return net, perturbed_copy(net, 3)
+
+
+def run_import(tmp_path: Path, ckpt: dict, *args: str) -> Path:
+    src, out = tmp_path / "model-12.pt", tmp_path / "legacy.safetensors"
+    torch.save(ckpt, src)
+    assert main([str(src), "--out", str(out), *args]) == 0
+    return out
+
+
+def import_error(tmp_path: Path, ckpt: dict, *args: str) -> str:
+    src, out = tmp_path / "model-12.pt", tmp_path / "legacy.safetensors"
+    torch.save(ckpt, src)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(out), *args])
+    assert not out.exists()
+    return str(e.value.code)
+
+
+# --- the networks match the originals' sizes ---------------------------------
+
+def test_parameter_counts_match_the_originals():
+    tiny = TinyUNetWithAttention3(dim=64, dim_mults=[1, 2, 2, 2])
+    assert n_params(tiny) == 3_759_043  # "3.76 M parameters with 1 2 2 2"
+    assert len(tiny.state_dict()) == 72
+    big = Unet2(dim=64, dim_mults=[1, 1, 2, 2, 4, 4, 8, 8])
+    assert n_params(big) == 75_668_099  # urdiffusion's default, 75.7 M
+    keys = big.state_dict()
+    assert len(keys) == 527
+    # a few of the originals' key paths: Residual(PreNorm(LinearAttention)), time_mlp with the
+    # embedding at index 0, Identity instead of the last Downsample
+    assert keys["downs.0.2.fn.fn.to_out.1.g"].shape == (1, 64, 1, 1)
+    assert keys["mid_attn.fn.fn.to_qkv.weight"].shape == (384, 512, 1, 1)
+    assert keys["time_mlp.1.weight"].shape == (256, 64)
+    assert "downs.7.3.weight" not in keys and keys["downs.6.3.weight"].shape == (512, 512, 4, 4)
+
+
+def test_networks_take_integer_timesteps_and_keep_shape(tiny, unet2):
+    x = torch.rand(2, 3, 16, 16) - 0.5
+    for net in (tiny[0], unet2[0]):
+        with torch.no_grad():
+            out_long = net(x, torch.tensor([0, 999]))
+            out_float = net(x, torch.tensor([0.0, 999.0]))
+        assert out_long.shape == x.shape
+        assert torch.equal(out_long, out_float)
+
+
+# --- import round trip ---------------------------------------------------------
+
+@pytest.mark.parametrize("case", [
+    # (fixture, mtype, T, stored pred, expected prediction, --size)
+    ("tiny", "tinyunet_with_attention3", 1000, "x0", "x0", None),
+    ("unet2", "unet2", 250, None, "eps", "256"),
+])
+def test_import_reproduces_model_and_ema_outputs(case, tmp_path, request):
+    fixture, mtype, T, pred, expected_pred, size = case
+    net, ema = request.getfixturevalue(fixture)
+    args = ("--size", size) if size else ()
+    out = run_import(tmp_path, legacy_checkpoint(net, ema, mtype, T=T, pred=pred), *args)
+
+    x = torch.rand(2, 3, 16, 16) - 0.5
+    t = torch.tensor([17, T - 1])
+    outputs = {}
+    for weights, original in (("model", net), ("ema", ema)):
+        imported, meta = load_network(out, weights=weights)
+        with torch.no_grad():
+            got, want = imported(x, t), original(x, t)
+        assert torch.equal(got, want), weights
+        outputs[weights] = got
+    assert not torch.allclose(outputs["model"], outputs["ema"])  # the two sets were kept apart
+
+    assert meta.architecture == mtype
+    assert meta.net_config == {"dim": 16, "dim_mults": [1, 2]}
+    assert meta.schedule == "cosine" and meta.timesteps == T
+    assert meta.prediction == expected_pred
+    assert meta.value_range == (-0.5, 0.5)
+    assert meta.image_size == ((int(size), int(size)) if size else (512, 512))
+    assert meta.source == "imported from model-12.pt"
+    assert meta.extra["legacy_step"] == 1200
+
+
+def test_imported_schedule_is_the_one_the_checkpoint_was_trained_with(tiny, tmp_path):
+    for T in (1000, 250):
+        out = run_import(tmp_path, legacy_checkpoint(*tiny, "tinyunet_with_attention3", T=T))
+        _, meta = load_network(out)
+        ours = make_schedule(meta.schedule, meta.timesteps).alphas_cumprod.float()
+        theirs = original_schedule_buffers(T)["alphas_cumprod"]
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+
+
+def test_denoiser_reads_imported_models_in_their_own_range(unet2, tmp_path):
+    out = run_import(tmp_path, legacy_checkpoint(*unet2, "unet2", pred="eps"))
+    net, meta = load_network(out)
+    den = Denoiser(net, make_schedule(meta.schedule, meta.timesteps), meta.prediction, meta.value_range)
+    img = torch.tensor([0.0, 0.25, 1.0]).view(1, 3, 1, 1)
+    assert torch.equal(den.to_model(img).flatten(), torch.tensor([-0.5, -0.25, 0.5]))
+    assert torch.equal(den.to_image(torch.tensor([-0.5, 0.0, 0.5])), torch.tensor([0.0, 0.5, 1.0]))
+
+    # x0 is the eps prediction converted with the file's own schedule, in model range
+    x0 = den.to_model(torch.rand(1, 3, 16, 16))
+    t = torch.tensor([300])
+    ab = make_schedule("cosine", 1000).ab(t)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0)
+    with torch.no_grad():
+        eps = unet2[1](x_t, t)  # the original EMA network
+        got = den(x_t, t)
+    torch.testing.assert_close(got, (x_t - (1 - ab).sqrt() * eps) / ab.sqrt())
+
+
+def test_fp16_checkpoint_weights_import_as_float32(tiny, tmp_path):
+    ckpt = legacy_checkpoint(*tiny, "tinyunet_with_attention3")
+    ckpt["model"] = {k: v.half() if k.startswith("denoise_fn.") else v for k, v in ckpt["model"].items()}
+    out = run_import(tmp_path, ckpt)
+    net, _ = load_network(out, weights="model")
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    torch.testing.assert_close(net.init_conv.weight, tiny[0].init_conv.weight.half().float())
+
+
+# --- errors ------------------------------------------------------------------
+
+def test_unknown_architecture_lists_supported_ones(tiny, tmp_path):
+    msg = import_error(tmp_path, legacy_checkpoint(*tiny, "unet1"))
+    assert "model-12.pt" in msg and "'unet1'" in msg
+    assert "supported: tinyunet_with_attention3, unet2" in msg
+
+
+def test_missing_key_is_named(tiny, tmp_path):
+    ckpt = legacy_checkpoint(*tiny, "tinyunet_with_attention3")
+    del ckpt["ema"]["denoise_fn.mid_attn.proj.bias"]
+    msg = import_error(tmp_path, ckpt)
+    assert "missing key 'denoise_fn.mid_attn.proj.bias' in 'ema'" in msg
+
+
+def test_unexpected_keys_are_named(unet2, tmp_path):
+    ckpt = legacy_checkpoint(*unet2, "unet2")
+    ckpt["model"]["denoise_fn.downs.0.2.fn.fn.extra.weight"] = torch.zeros(3)
+    msg = import_error(tmp_path, ckpt)
+    assert "unexpected key 'denoise_fn.downs.0.2.fn.fn.extra.weight' in 'model'" in msg
+
+    ckpt = legacy_checkpoint(*unet2, "unet2")
+    ckpt["ema"]["step_counter"] = torch.zeros(1)  # neither prefixed nor a schedule buffer
+    assert "unexpected key 'step_counter' in 'ema'" in import_error(tmp_path, ckpt)
+
+
+def test_wrong_mults_name_the_mismatched_key(tiny, tmp_path):
+    ckpt = legacy_checkpoint(*tiny, "tinyunet_with_attention3", mults=[1, 4])
+    msg = import_error(tmp_path, ckpt)
+    assert "'denoise_fn.downs.1.0.conv.weight'" in msg and "(32, 16, 3, 3)" in msg and "(64, 16, 3, 3)" in msg
+
+
+def test_unknown_prediction_is_rejected(tiny, tmp_path):
+    msg = import_error(tmp_path, legacy_checkpoint(*tiny, "tinyunet_with_attention3", pred="v"))
+    assert "unknown prediction 'pred' 'v'; valid: eps, x0" in msg
+
+
+def test_missing_mults_can_be_given_on_the_command_line(tiny, tmp_path):
+    ckpt = legacy_checkpoint(*tiny, "tinyunet_with_attention3")
+    del ckpt["mults"]
+    assert "no 'mults' stored" in import_error(tmp_path, ckpt)
+    _, meta = load_network(run_import(tmp_path, ckpt, "--mults", "1", "2"))
+    assert meta.net_config["dim_mults"] == [1, 2]
+
+
+def test_pickled_objects_need_trust_pickle(tiny, tmp_path):
+    # A trainer that saved its argparse options: weights_only loading refuses the class.
+    ckpt = legacy_checkpoint(*tiny, "tinyunet_with_attention3",
+                             opts=argparse.Namespace(mults=[1, 2], lr=4e-5))
+    msg = import_error(tmp_path, ckpt)
+    assert "\n" not in msg
+    assert "need full unpickling" in msg
+    assert "--trust-pickle" in msg
+
+    out = run_import(tmp_path, ckpt, "--trust-pickle")
+    net, _ = load_network(out)
+    x, t = torch.rand(1, 3, 16, 16) - 0.5, torch.tensor([5])
+    with torch.no_grad():
+        assert torch.equal(net(x, t), tiny[1](x, t))
+
+
+def test_not_a_checkpoint(tmp_path):
+    assert "not an urdiffusion/xurdif checkpoint" in import_error(tmp_path, {"weights": torch.zeros(1)})
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main([str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_command_line_tool_help():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "import_urdiffusion.py"), "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "--trust-pickle" in r.stdout and "tinyunet_with_attention3, unet2" in r.stdout

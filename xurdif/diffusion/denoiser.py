@@ -1,0 +1,36 @@
+"""A network plus its schedule, prediction type and value range, seen by samplers
+as one function: x_t, t -> predicted clean image (in the model's own range)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import prediction as P
+from .schedule import Schedule
+
+
+@dataclass
+class Denoiser:
+    net: torch.nn.Module
+    schedule: Schedule
+    prediction: str
+    value_range: tuple[float, float] = (-1.0, 1.0)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted x0. `t` is an integer timestep tensor of shape [N] (or a scalar)."""
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        ab = self.schedule.ab(t).view(-1, 1, 1, 1)
+        out = self.net(x_t, t).float()
+        return P.to_x0(self.prediction, out, x_t, ab)
+
+    # Images are [0, 1] everywhere outside the model; the model sees its own range
+    # (ours [-1, 1], urdiffusion/xurdif [-0.5, 0.5]).
+    def to_model(self, img: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.value_range
+        return img * (hi - lo) + lo
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.value_range
+        return ((x - lo) / (hi - lo)).clamp(0, 1)

@@ -1,0 +1,193 @@
+"""Samplers: plain functions with one signature (k-diffusion style).
+
+    sampler(denoiser, x, timesteps, *, generator=None, callback=None, **options) -> x0
+
+`denoiser(x_t, t[N]) -> predicted x0` in the model's range and has `.schedule`;
+`x` is x_t at `timesteps[0]`; `timesteps` is a descending list of integer
+timesteps. Each sampler evaluates the denoiser once per timestep and its last
+step lands on the clean image (ᾱ = 1), so the returned tensor is x0.
+
+`generator` may be one torch.Generator or a list with one per batch row; the
+list form makes every image's noise depend on its own seed only, so an image
+is the same whichever batch it is rendered in.
+
+The sampler functions do not switch autograd off: guidance wrappers may need
+gradients. `sample()` (the driver) does, unless the denoiser asks otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .schedule import Schedule
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+Callback = Callable[[dict], None] | None
+
+
+def spaced_timesteps(T: int, steps: int, start: int | None = None) -> list[int]:
+    """`steps` evenly spaced timesteps, descending, the first one `start` (default T-1).
+
+    "Trailing" spacing: the gaps are equal and the last one ends at the clean
+    image, so the first step starts from the noisiest timestep rather than
+    skipping it (Lin et al. 2023). img2img passes a smaller `start`.
+    """
+    start = T - 1 if start is None else int(start)
+    if not 0 <= start < T:
+        raise ValueError(f"start timestep must be in 0..{T - 1}, got {start}")
+    n = start + 1
+    if not 1 <= steps <= n:
+        raise ValueError(f"steps must be in 1..{n} for start timestep {start}, got {steps}")
+    # Integer arithmetic: exact and strictly decreasing because n / steps >= 1.
+    return [n * (steps - i) // steps - 1 for i in range(steps)]
+
+
+def randn(shape: Sequence[int], generator: Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise; with a list of generators, row i comes from generator i."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        # Drawn on the CPU: the same seed then gives the same image on any device.
+        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generator]
+        return torch.stack(rows).to(device)
+    if generator is not None and generator.device != torch.device(device):
+        return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=device)
+
+
+def _ab(schedule: Schedule, t: int) -> float:
+    """ᾱ_t as a Python float; t = -1 means the clean image (ᾱ = 1)."""
+    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+
+
+def _denoise(denoiser, x: torch.Tensor, t: int) -> torch.Tensor:
+    return denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+
+
+def _steps(timesteps: Sequence[int]) -> list[tuple[int, int]]:
+    ts = [int(t) for t in timesteps]
+    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0:
+        raise ValueError(f"timesteps must be a non-empty descending list of ints >= 0, got {ts}")
+    return list(zip(ts, ts[1:] + [-1]))
+
+
+def ddim(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None,
+         eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021). eta = 0 is the deterministic probability-flow
+    discretisation; eta = 1 has DDPM's posterior variance."""
+    sched = denoiser.schedule
+    x0 = x
+    for i, (t, s) in enumerate(_steps(timesteps)):
+        x0 = _denoise(denoiser, x, t)
+        ab_t, ab_s = _ab(sched, t), _ab(sched, s)
+        eps = (x - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)) if s >= 0 else 0.0
+        x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn(x.shape, generator, x.device)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0
+
+
+def ddpm(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+    """Ancestral sampling from the DDPM posterior q(x_s | x_t, x0̂), with the
+    step's own β (1 - ᾱ_t/ᾱ_s) so it works with any timestep spacing."""
+    sched = denoiser.schedule
+    x0 = x
+    for i, (t, s) in enumerate(_steps(timesteps)):
+        x0 = _denoise(denoiser, x, t)
+        ab_t, ab_s = _ab(sched, t), _ab(sched, s)
+        alpha = ab_t / ab_s  # of this (possibly strided) step
+        beta = 1 - alpha
+        # Posterior mean coefficients and variance (Ho et al. 2020, eq. 7).
+        c0 = math.sqrt(ab_s) * beta / (1 - ab_t)
+        ct = math.sqrt(alpha) * (1 - ab_s) / (1 - ab_t)
+        x = c0 * x0 + ct * x
+        if s >= 0:
+            var = beta * (1 - ab_s) / (1 - ab_t)
+            x = x + math.sqrt(var) * randn(x.shape, generator, x.device)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0
+
+
+def dpmpp_2m(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) in discrete time, with
+    λ = log(α/σ), α = sqrt(ᾱ), σ = sqrt(1-ᾱ). The last step (to σ = 0) is first
+    order, which lands exactly on the last x0 prediction."""
+    sched = denoiser.schedule
+    x0 = prev_x0 = None
+    h_prev = None
+    for i, (t, s) in enumerate(_steps(timesteps)):
+        x0 = _denoise(denoiser, x, t)
+        ab_t, ab_s = _ab(sched, t), _ab(sched, s)
+        if s < 0:
+            x = x0
+        else:
+            lam_t = 0.5 * math.log(ab_t / (1 - ab_t))
+            lam_s = 0.5 * math.log(ab_s / (1 - ab_s))
+            h = lam_s - lam_t
+            d = x0
+            if prev_x0 is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
+            x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * d
+            h_prev = h
+        prev_x0 = x0
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def start_timestep(T: int, strength: float) -> int:
+    """img2img: strength is the fraction of the noise schedule that is run.
+    1.0 starts at the noisiest timestep T-1 (pure noise), 0.5 at the middle."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return max(0, min(T - 1, round(strength * T) - 1))
+
+
+def sample(denoiser, shape: Sequence[int], sampler: str = "ddim", steps: int = 50, *,
+           generator: Generator = None, init: torch.Tensor | None = None, strength: float = 1.0,
+           noise_mult: float = 1.0, device: torch.device | str | None = None,
+           callback: Callback = None, **options) -> torch.Tensor:
+    """Draw x_T (or noise `init`, an image in the model's range, to the start
+    timestep) and run a sampler; returns x0 in the model's range.
+
+    With an init image and strength s < 1 the sampler runs ceil(s · steps)
+    steps from timestep round(s · T) - 1, so a strength-0.5 render costs half of
+    a full one. `noise_mult` multiplies the start tensor (xurdif's noise level).
+    """
+    fn = get_sampler(sampler)
+    T = denoiser.schedule.T
+    if device is None:
+        device = next(denoiser.net.parameters()).device if hasattr(denoiser, "net") else "cpu"
+    if init is None or strength >= 1:
+        timesteps = spaced_timesteps(T, steps)
+        x = randn(shape, generator, device)
+        # A pure-noise start needs no init; at strength 1 the init is ignored
+        # (ᾱ_{T-1} ≈ 0 leaves nothing of it anyway).
+    else:
+        start = start_timestep(T, strength)
+        timesteps = spaced_timesteps(T, min(start + 1, max(1, math.ceil(strength * steps))), start)
+        ab = _ab(denoiser.schedule, start)
+        eps = randn(shape, generator, device)
+        x = math.sqrt(ab) * init.to(device) + math.sqrt(1 - ab) * eps
+    x = x * noise_mult
+    # No autograd graph unless a guidance wrapper declares it needs one (it
+    # then enables gradients itself, inside its own call).
+    ctx = torch.no_grad() if getattr(denoiser, "needs_grad", False) else torch.inference_mode()
+    with ctx:
+        return fn(denoiser, x, timesteps, generator=generator, callback=callback, **options)

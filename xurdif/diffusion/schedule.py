@@ -1,0 +1,57 @@
+"""Discrete noise schedules: everything is derived from alphas_cumprod (ᾱ_t).
+
+Time is the integer timestep 0..T-1 (what urdiffusion/xurdif networks receive), so
+imported checkpoints and our own models share one schedule object.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULES = ("cosine", "linear")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    alphas_cumprod: torch.Tensor  # float64, shape [T], decreasing
+
+    @property
+    def T(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    def ab(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ at integer timesteps t (any shape), as float32 on t's device."""
+        return self.alphas_cumprod.to(t.device)[t.long()].float()
+
+    def describe(self) -> dict:
+        return {"schedule": self.name, "timesteps": self.T}
+
+
+def cosine_alphas_cumprod(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    # Nichol & Dhariwal's cosine schedule with betas clipped at 0.999, exactly as
+    # urdiffusion/xurdif build it, so their checkpoints see the ᾱ they were trained on.
+    # They divide t by T + 1, not T (lucidrains' original): ᾱ_{T-1} is then 2.4e-6, not
+    # 2.4e-9, and checkpoints only match this variant (tests/test_legacy.py checks).
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos(((steps / (T + 1)) + s) / (1 + s) * math.pi / 2) ** 2
+    ac = f / f[0]
+    betas = (1 - ac[1:] / ac[:-1]).clamp(0, max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def linear_alphas_cumprod(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    # DDPM's betas are defined for T=1000; rescale so other T keep the same total noise.
+    scale = 1000 / T
+    betas = torch.linspace(scale * beta_start, scale * beta_end, T, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def make_schedule(name: str = "cosine", timesteps: int = 1000) -> Schedule:
+    if name == "cosine":
+        return Schedule(name, cosine_alphas_cumprod(timesteps))
+    if name == "linear":
+        return Schedule(name, linear_alphas_cumprod(timesteps))
+    raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")

@@ -1,0 +1,59 @@
+"""On-disk cache of a folder's features, keyed by the folder's contents.
+
+The key hashes every image's relative path, size and mtime plus the feature
+extractor's name, so editing, adding or removing a training image (or changing
+the preprocessing) makes a new entry instead of returning stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def default_cache_dir() -> Path:
+    # Outside the data folder: data may be read-only, and data loaders should not see our files.
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "xurdif" / "features"
+
+
+def folder_key(folder: Path, paths: list[Path], extractor_name: str) -> str:
+    digest = hashlib.sha256(extractor_name.encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"\n{path.relative_to(folder).as_posix()}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def cache_path(folder: str | Path, paths: list[Path], extractor_name: str,
+               cache_dir: str | Path | None = None) -> Path:
+    folder = Path(folder)
+    key = folder_key(folder, paths, extractor_name)
+    name = "".join(c if c.isalnum() else "-" for c in folder.resolve().name)[:40]
+    return Path(cache_dir or default_cache_dir()) / f"{name}-{key}.npy"
+
+
+def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """Features stored at `path`, or `compute()` saved there. Returns (features, was_cached)."""
+    if path.is_file():
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False)), True
+        except (OSError, ValueError):
+            pass  # a torn or foreign file: recompute and overwrite it
+    features = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so a crash never leaves a half-written entry under the real name.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, features.cpu().numpy(), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return features, False

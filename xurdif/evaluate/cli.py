@@ -1,0 +1,102 @@
+"""`tools/evaluate.py`: score a folder of samples against the training images."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .cache import cache_path, cached_features
+from .images import EvaluateError, list_images, load_images
+from .inception import InceptionFeatures
+from .memorisation import memorisation_picture
+from .suite import MEMORISATION_SPACE, evaluate_images, format_table, memorisation_details
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tools/evaluate.py",
+        description="Score generated images against the training images: FID and KID on "
+                    "Inception-v3 features, ProGAN's multi-scale sliced Wasserstein distance "
+                    "(x1e3, per pyramid level and mean), and memorisation (share of samples "
+                    "whose nearest training image is closer than 1/3 of the second nearest, "
+                    f"in {MEMORISATION_SPACE}). Prints a table and writes a JSON report and a "
+                    "PNG of the most memorised samples beside their nearest training images.",
+        epilog="Example: tools/evaluate.py --real data/emoji-smileys-64 --fake out/samples")
+    parser.add_argument("--real", required=True, type=Path,
+                        help="folder of training images (searched recursively; hidden folders skipped)")
+    parser.add_argument("--fake", required=True, type=Path, help="folder of generated images")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="report path (default: FAKE-eval.json next to the fake folder)")
+    parser.add_argument("--picture", type=Path, default=None,
+                        help="memorisation picture (default: the --json path with -memorisation.png)")
+    parser.add_argument("--show", type=int, default=8,
+                        help="samples in the memorisation picture, most memorised first (default 8)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the real folder's Inception features are cached, keyed by its "
+                             "files' names, sizes and mtimes (default: ~/.cache/xurdif/features)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size (default 32)")
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of KID subsets and SWD projections")
+    return parser
+
+
+def default_json_path(fake: Path) -> Path:
+    fake = fake.resolve()
+    return fake.parent / f"{fake.name}-eval.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict:
+    real_paths, fake_paths = list_images(args.real), list_images(args.fake)
+    real = load_images(real_paths)
+    fake = load_images(fake_paths)
+    extractor = InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True)
+    if args.no_cache:
+        real_features, cache_file, hit = None, None, False
+    else:
+        cache_file = cache_path(args.real, real_paths, extractor.name, args.cache_dir)
+        real_features, hit = cached_features(cache_file, lambda: extractor(real))
+    report = evaluate_images(real, fake, extractor=extractor, real_features=real_features,
+                             kid_subsets=args.kid_subsets, seed=args.seed)
+    json_path = args.json or default_json_path(args.fake)
+    picture_path = args.picture or json_path.with_name(json_path.stem + "-memorisation.png")
+    report = {
+        "real": str(args.real), "fake": str(args.fake),
+        "fake_files": [p.relative_to(args.fake).as_posix() for p in fake_paths],
+        "real_files": [p.relative_to(args.real).as_posix() for p in real_paths],
+        "feature_cache": str(cache_file) if cache_file else None, "feature_cache_hit": hit,
+        "picture": str(picture_path), **report,
+    }
+    rows = memorisation_picture(fake, real, memorisation_details(report), count=args.show)
+    picture = np.ascontiguousarray(rows.permute(1, 2, 0).numpy())
+    picture_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(picture_path)
+    _write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    print(format_table(report))
+    print(f"report: {json_path}\nmemorisation picture: {picture_path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except EvaluateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,215 @@
+"""The guidance options: one frozen dataclass is the single source of truth for
+every key a job's `guidance:` dict may hold, its type and its default.
+
+`parse_guidance(dict)` validates a job's dict against it: an unknown key names
+the closest valid one, a value of the wrong type or range names what is valid.
+Weighted prompt lists are normalised here, so the rest of the package only sees
+tuples of `Weighted(value, weight)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import typing
+from dataclasses import dataclass
+
+
+class GuidanceError(ValueError):
+    """Bad guidance options or unavailable guidance resources (one clear line)."""
+
+
+class Weighted(typing.NamedTuple):
+    value: str  # a text prompt or an image path
+    weight: float
+
+
+CLIP_LOSSES = ("cosine", "spherical")
+TARGET_LOSSES = ("ssim", "l2")
+
+
+@dataclass(frozen=True)
+class GuidanceCfg:
+    # CLIP: an open_clip architecture name, and a local checkpoint path, a
+    # pretrained tag already in the local cache, or "none" (random weights).
+    clip_model: str = "ViT-B-32"
+    clip_weights: str = "openai"
+    # Text prompts; empty means the job's prompt. "a red fox:1, blurry:-0.5".
+    text: tuple[Weighted, ...] = ()
+    text_weight: float = 1.0
+    clip_loss: str = "cosine"  # distance of embeddings, text and image prompts
+    # Image prompts (CLIP similarity to pictures): "a.png:1, b.png:0.5".
+    image_prompts: tuple[Weighted, ...] = ()
+    image_weight: float = 1.0
+    # Random cutouts fed to CLIP, side = cut_min..cut_max of the image's shorter
+    # side, aspect ratio within 1/cut_aspect..cut_aspect.
+    cutouts: int = 16
+    cut_min: float = 0.4
+    cut_max: float = 1.0
+    cut_aspect: float = 1.25
+    cut_flip: bool = True
+    cut_seed: int = 0
+    # Target picture in pixel space, optional mask (white = applies).
+    target: str = ""
+    target_weight: float = 1.0
+    target_loss: str = "ssim"
+    target_mask: str = ""
+    # Gram-matrix style from CLIP image-tower blocks; () = the first four.
+    style: str = ""
+    style_weight: float = 1.0
+    style_layers: tuple[int, ...] = ()
+    # How the gradient is applied. Default: on the predicted x0, an RMS step of
+    # `scale` (image units) times sqrt(ᾱ)^power per denoiser call.
+    scale: float = 0.02
+    power: float = 1.0
+    t_min: float = 0.0  # active while t_min <= t / (T-1) <= t_max
+    t_max: float = 1.0
+    through_unet: bool = False  # backprop through the U-Net to x_t instead
+    unet_lr: float = 0.2  # eps step (RMS units) per call with through_unet
+
+
+KEYS = tuple(f.name for f in dataclasses.fields(GuidanceCfg))
+_TYPES = typing.get_type_hints(GuidanceCfg)
+
+# A prompt ends at ":<number>" followed by a comma or the end, so commas inside
+# an unweighted prompt ("a fox, in snow") stay part of it.
+_WEIGHTED = re.compile(r"\s*(.+?)\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:,|$)")
+
+
+def parse_weighted(spec: str | list | tuple, key: str, item_key: str) -> tuple[Weighted, ...]:
+    """"a:1, b:-0.5" or ["a", {item_key: "b", "weight": -0.5}] -> Weighted tuples."""
+    if isinstance(spec, str):
+        out, pos = [], 0
+        while pos < len(spec):
+            m = _WEIGHTED.match(spec, pos)
+            if m is None:
+                rest = spec[pos:].strip().strip(",").strip()
+                if rest:
+                    out.append(Weighted(rest, 1.0))
+                break
+            out.append(Weighted(m.group(1), float(m.group(2))))
+            pos = m.end()
+        return tuple(w for w in out if w.value)
+    if isinstance(spec, (list, tuple)):
+        out = []
+        for item in spec:
+            if isinstance(item, str):
+                out.extend(parse_weighted(item, key, item_key))
+            elif isinstance(item, dict) and set(item) <= {item_key, "weight"} and item_key in item:
+                out.append(Weighted(str(item[item_key]), _number(item.get("weight", 1.0), f"{key}.weight")))
+            else:
+                raise GuidanceError(
+                    f"guidance.{key}: bad item {item!r}; valid: a string or "
+                    f"{{{item_key}: ..., weight: <number>}}")
+        return tuple(out)
+    raise GuidanceError(f"guidance.{key}: expected a string or a list, got {type(spec).__name__}")
+
+
+def _number(v, key: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise GuidanceError(f"guidance.{key}: expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _coerce(key: str, v):
+    kind = _TYPES[key]
+    if kind is float:
+        return _number(v, key)
+    if kind is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise GuidanceError(f"guidance.{key}: expected an integer, got {v!r}")
+        return v
+    if kind is bool:
+        if not isinstance(v, bool):
+            raise GuidanceError(f"guidance.{key}: expected true or false, got {v!r}")
+        return v
+    if kind is str:
+        if v is None:
+            return ""
+        if not isinstance(v, str):
+            raise GuidanceError(f"guidance.{key}: expected a string, got {v!r}")
+        return v
+    if key == "text":
+        return parse_weighted(v, key, "text")
+    if key == "image_prompts":
+        return parse_weighted(v, key, "image")
+    if key == "style_layers":
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            raise GuidanceError(f"guidance.style_layers: expected a list of block indices, got {v!r}")
+        return tuple(v)
+    raise AssertionError(f"no coercion for {key}")  # a field added without one
+
+
+def _check(cfg: GuidanceCfg) -> None:
+    def bad(key: str, valid: str) -> GuidanceError:
+        return GuidanceError(f"guidance.{key}: {getattr(cfg, key)!r} is invalid; valid: {valid}")
+
+    if cfg.clip_loss not in CLIP_LOSSES:
+        raise bad("clip_loss", ", ".join(CLIP_LOSSES))
+    if cfg.target_loss not in TARGET_LOSSES:
+        raise bad("target_loss", ", ".join(TARGET_LOSSES))
+    if cfg.cutouts < 1:
+        raise bad("cutouts", "an integer >= 1")
+    if not 0 < cfg.cut_min <= 1:
+        raise bad("cut_min", "a fraction in (0, 1]")
+    if not cfg.cut_min <= cfg.cut_max <= 1:
+        raise bad("cut_max", f"a fraction in [cut_min={cfg.cut_min}, 1]")
+    if cfg.cut_aspect < 1:
+        raise bad("cut_aspect", "a ratio >= 1 (1 = square cutouts)")
+    if not 0 <= cfg.t_min <= 1:
+        raise bad("t_min", "a fraction of the schedule in [0, 1]")
+    if not cfg.t_min <= cfg.t_max <= 1:
+        raise bad("t_max", f"a fraction of the schedule in [t_min={cfg.t_min}, 1]")
+    if cfg.scale < 0:
+        raise bad("scale", "a number >= 0")
+    if cfg.unet_lr < 0:
+        raise bad("unet_lr", "a number >= 0")
+    if any(i < 0 for i in cfg.style_layers):
+        raise bad("style_layers", "block indices >= 0")
+
+
+def parse_guidance(options: dict | None) -> GuidanceCfg:
+    """A job's guidance dict -> validated GuidanceCfg (missing keys take defaults)."""
+    if options is None:
+        options = {}
+    if isinstance(options, GuidanceCfg):
+        return options
+    if not isinstance(options, dict):
+        raise GuidanceError(f"guidance: expected a mapping of options, got {type(options).__name__}")
+    values = {}
+    for key, v in options.items():
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise GuidanceError(f"guidance: unknown key {key!r}; {hint}valid keys: {', '.join(KEYS)}")
+        values[key] = _coerce(key, v)
+    cfg = GuidanceCfg(**values)
+    _check(cfg)
+    return cfg
+
+
+def text_prompts(cfg: GuidanceCfg, prompt: str) -> tuple[Weighted, ...]:
+    """The text prompts in force: `guidance.text`, or else the job's prompt."""
+    return cfg.text if cfg.text else parse_weighted(prompt or "", "prompt", "text")
+
+
+def active_guides(cfg: GuidanceCfg, prompt: str) -> tuple[str, ...]:
+    """Names of the guides with something to do; () means plain sampling."""
+    guides = []
+    if cfg.text_weight != 0 and any(w.weight != 0 for w in text_prompts(cfg, prompt)):
+        guides.append("text")
+    if cfg.image_weight != 0 and any(w.weight != 0 for w in cfg.image_prompts):
+        guides.append("image")
+    if cfg.target and cfg.target_weight != 0:
+        guides.append("target")
+    if cfg.style and cfg.style_weight != 0:
+        guides.append("style")
+    # A zero step size or an empty time window also means no guidance at all.
+    strength = cfg.unet_lr if cfg.through_unet else cfg.scale
+    return tuple(guides) if strength > 0 else ()
+
+
+CLIP_GUIDES = ("text", "image", "style")

@@ -1,0 +1,43 @@
+"""Reading the pictures guides refer to (image prompts, target, mask, style)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import GuidanceError
+
+
+def load_image(path: str, key: str, grey: bool = False) -> torch.Tensor:
+    """A picture file -> float tensor [1, C, H, W] in [0, 1] (C = 1 if grey else 3)."""
+    if not os.path.isfile(path):
+        raise GuidanceError(f"guidance.{key}: image file {path!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+    except OSError as e:
+        raise GuidanceError(f"guidance.{key}: cannot read image {path!r}: {e}") from None
+    t = torch.from_numpy(arr.copy())
+    return t[None, None] if grey else t.permute(2, 0, 1)[None]
+
+
+def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize to (H, W); antialiased so a large picture shrinks without aliasing."""
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    return F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def to_image_st(x0: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """Model range -> [0, 1], clamped in value but not in gradient.
+
+    Losses must see a valid picture, but a hard clamp would give zero gradient
+    exactly on the pixels where the model overshoots its range, i.e. where the
+    guide most needs to act; a straight-through clamp keeps the gradient.
+    """
+    lo, hi = value_range
+    raw = (x0 - lo) / (hi - lo)
+    return raw + (raw.clamp(0, 1) - raw).detach()

@@ -1,0 +1,1 @@
+"""The accelerate training loop and what it needs: EMA, LR schedule, checkpoints, logging."""

@@ -1,0 +1,150 @@
+"""Atomic checkpoints: written into `step-NNNNNNN.tmp`, every file fsynced, a
+manifest (sizes and sha256 of every file) written last, then renamed into place.
+A folder without a valid manifest is never resumed from. Only safe formats are
+read: safetensors for tensors, JSON for metadata, torch.load(weights_only=True)
+for optimizer and grad-scaler state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^step-(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: dict,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    optimizer: dict,
+    scaler: dict | None = None,
+) -> Path:
+    """Write one checkpoint; `state` is JSON metadata holding at least `step`."""
+    final = checkpoint_dir(run_dir, state["step"])
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        torch.save(optimizer, tmp / "optimizer.pt")
+        if scaler:
+            torch.save(scaler, tmp / "scaler.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+            files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+        manifest = dict(state, files=files)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _fsync(tmp / "manifest.json")
+        _fsync(tmp)
+        if final.exists():  # a stale checkpoint of the same step from an abandoned branch of the run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {final}: {e.strerror or e}; earlier checkpoints are intact"
+        ) from e
+    return final
+
+
+def validate(path: Path) -> str | None:
+    """None if the checkpoint folder is complete and intact, else the reason."""
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        return "no manifest.json (incomplete write)"
+    try:
+        manifest = json.loads(mf.read_text())
+        for name, info in manifest["files"].items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != info["size"]:
+                return f"{name} has {f.stat().st_size} bytes, manifest says {info['size']}"
+            if _sha256(f) != info["sha256"]:
+                return f"{name} is corrupt (sha256 mismatch)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"manifest.json is unreadable: {e}"
+    return None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)), key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint with a valid manifest; broken ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        reason = validate(path)
+        if reason is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, reason)
+    return None
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    reason = validate(path)
+    if reason is not None:
+        raise CheckpointError(f"{path}: not a valid checkpoint: {reason}")
+    scaler = path / "scaler.pt"
+    return {
+        "state": json.loads((path / "state.json").read_text()),
+        "model": load_file(path / "model.safetensors"),
+        "ema": load_file(path / "ema.safetensors"),
+        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
+        "scaler": torch.load(scaler, weights_only=True) if scaler.exists() else None,
+    }
+
+
+def prune(run_dir: Path, keep_last: int, keep_every: int) -> list[Path]:
+    """Delete old checkpoints (main process only, and only after a successful save)."""
+    ckpts = list_checkpoints(run_dir)
+    keep = set(ckpts[-keep_last:])
+    if keep_every:
+        keep |= {p for p in ckpts if int(NAME.match(p.name).group(1)) % keep_every == 0}
+    removed = [p for p in ckpts if p not in keep]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed

@@ -1,0 +1,159 @@
+"""`accelerate launch launch.py RECIPE [a.b=c ...]`: validate, decide between a
+fresh start and a resume, then train."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+from ..recipe import Recipe, RecipeError, describe_keys, load_recipe, recipe_from_yaml, recipe_to_dict, recipe_to_yaml
+from .checkpoint import CheckpointError, latest_checkpoint
+
+log = logging.getLogger("xurdif.train")
+
+# Settings a resumed run may change: they alter neither the weights so far nor the
+# meaning of the saved optimizer state and data position.
+SAFE_TO_CHANGE = (
+    "name", "train.images", "train.steps", "train.batch_size", "train.grad_accum", "train.max_nonfinite",
+    "train.output_dir", "optim.lr", "optim.warmup_images", "optim.lr_schedule", "optim.min_lr_ratio",
+    "data.num_workers", "log.", "samples.", "checkpoint.",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Train a diffusion model from a YAML recipe. Run it with `accelerate launch launch.py RECIPE` "
+        "(or plain `python launch.py RECIPE` for one process).",
+        epilog="Recipe keys (section.key = default):\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", help="path to a recipe YAML file, e.g. recipes/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="recipe overrides section.key=value, e.g. train.images=2000")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe, dataset size and "
+                   "parameter count, then exit")
+    p.add_argument("--check", action="store_true", help="validate the recipe only (does not touch the dataset)")
+    p.add_argument("--resume", default="auto", metavar="auto|PATH",
+                   help="auto (default): continue the run in its folder if one exists; or a checkpoint folder")
+    p.add_argument("--restart", action="store_true", help="start over in an existing run folder "
+                   "(the old folder is kept, renamed to <run>.old-<time>)")
+    return p.parse_args(argv)
+
+
+def recipe_changes(old: Recipe, new: Recipe) -> tuple[list[str], list[str]]:
+    """(safe, unsafe) lists of 'key: old -> new'."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    a, b = flat(recipe_to_dict(old)), flat(recipe_to_dict(new))
+    safe, unsafe = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+            ok = any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE)
+            (safe if ok else unsafe).append(line)
+    return safe, unsafe
+
+
+def choose_start(recipe: Recipe, resume: str, restart: bool, is_main: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start."""
+    run_dir = recipe.run_dir
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_dir():
+            raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
+        return path
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    if restart:
+        if is_main:
+            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)
+            log.info("moved the previous run to %s", aside)
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(
+            f"{run_dir} already holds a run with no usable checkpoint; pass --restart to start over "
+            "(the old folder is kept aside) or set train.output_dir"
+        )
+    saved = run_dir / "recipe.yaml"
+    if saved.is_file():
+        safe, unsafe = recipe_changes(recipe_from_yaml(saved.read_text(), str(saved)), recipe)
+        if unsafe:
+            raise RecipeError([f"{saved}: recipe changed since the run started, in settings that cannot change "
+                               f"on resume: {u}" for u in unsafe] +
+                              ["start a new run with --restart or another train.output_dir"])
+        for s in safe:
+            log.info("recipe changed on resume: %s", s)
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"recipe errors:\n{e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.recipe}: OK")
+        return 0
+    from ..data import DataError, open_dataset
+    from .network import build_for_recipe, parameter_count
+
+    if args.dry_run:
+        try:
+            data = open_dataset(recipe.data)
+        except DataError as e:
+            print(f"{args.recipe}: {e}", file=sys.stderr)
+            return 2
+        net, meta = build_for_recipe(recipe)
+        print(recipe_to_yaml(recipe))
+        print(f"dataset: {data.describe() if hasattr(data, 'describe') else len(data)}")
+        print(f"model: {meta.architecture}, {parameter_count(net):,} parameters")
+        print(f"run folder: {recipe.run_dir}")
+        return 0
+    return train(recipe, args.resume, args.restart)
+
+
+def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
+    from ..data import DataError
+    from .loop import NonFiniteError, Trainer, make_accelerator
+    from .outputs import RunOutputs
+    from .signals import StopRequest
+
+    acc = make_accelerator(recipe)
+    logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    stop = StopRequest().install()
+    outputs = None
+    try:
+        start = choose_start(recipe, resume, restart, acc.is_main_process)
+        acc.wait_for_everyone()
+        outputs = RunOutputs(recipe, recipe.run_dir, acc.is_main_process)
+        trainer = Trainer(recipe, acc, outputs)
+        if start is not None:
+            trainer.load(start)
+            log.info("resumed from %s at step %d (%d images seen)", start, trainer.clock.step,
+                     trainer.clock.images_seen)
+        elif acc.is_main_process:
+            log.info("%s: %s", recipe.name, trainer.data.describe())
+        result = trainer.run(stop)
+        if acc.is_main_process:
+            print(f"done: {result}")
+        return 0
+    except (RecipeError, CheckpointError, DataError, NonFiniteError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop.uninstall()
+        if outputs is not None:
+            outputs.close()
+        acc.end_training()

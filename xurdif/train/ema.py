@@ -1,0 +1,40 @@
+"""EMA of the weights, kept as a separate fp32 module (never swapped into the live
+model, so training can never silently continue from EMA weights)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from ..recipe import EmaCfg
+
+
+def power_exponent(std: float) -> float:
+    """EDM2: the exponent γ of a power-function EMA whose relative std is `std`."""
+    t = std ** -2
+    return float(np.roots([1, 7, 16 - t, 12 - t]).real.max())
+
+
+def ema_decay(cfg: EmaCfg, step: int, images_before: int, images_after: int) -> float:
+    """Decay applied after optimizer step `step` (1-based)."""
+    if cfg.kind == "off":
+        return 0.0
+    if cfg.kind == "warmup":
+        return min(cfg.decay, 1 - (1 + step) ** -cfg.warmup_power)
+    gamma = power_exponent(cfg.std)
+    return (1 - (images_after - images_before) / images_after) ** (gamma + 1)
+
+
+def make_ema(net: torch.nn.Module) -> torch.nn.Module:
+    ema = copy.deepcopy(net).float().eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    e = list(ema.parameters()) + list(ema.buffers())
+    n = list(net.parameters()) + list(net.buffers())
+    floats = [(a, b) for a, b in zip(e, n) if a.dtype.is_floating_point]
+    torch._foreach_lerp_([a for a, _ in floats], [b.detach().float() for _, b in floats], 1 - decay)

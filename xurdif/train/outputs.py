@@ -1,0 +1,69 @@
+"""What a run writes into its folder: the resolved recipe, TensorBoard logs,
+sample grids and the exported model. Only the main process writes."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.samplers import sample
+from ..diffusion.schedule import Schedule
+from ..recipe import Recipe, recipe_to_yaml
+from ..weights import ModelMeta, save_model_file
+
+
+class RunOutputs:
+    def __init__(self, recipe: Recipe, run_dir: Path, is_main: bool):
+        self.r = recipe
+        self.run_dir = Path(run_dir)
+        self.is_main = is_main
+        self.writer = None
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+            if recipe.log.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if k in ("lr", "grad_norm", "ema_decay", "images_per_sec", "nonfinite_skips"):
+                self.writer.add_scalar(f"train/{k}", v, step)
+            else:
+                self.writer.add_scalar(f"loss/{k}", v, step)
+        self.writer.flush()
+
+    @torch.no_grad()
+    def sample_grid(self, ema: torch.nn.Module, schedule: Schedule, meta: ModelMeta, step: int) -> Path | None:
+        """A fixed-seed grid from the EMA weights, so grids are comparable over time."""
+        if not self.is_main:
+            return None
+        s = self.r.samples
+        den = Denoiser(ema, schedule, meta.prediction, meta.value_range)
+        device = next(ema.parameters()).device
+        h, w = meta.image_size
+        g = torch.Generator().manual_seed(s.seed)
+        x0 = sample(den, (s.n, 3, h, w), sampler=s.sampler, steps=s.steps, generator=g, device=device)
+        grid = make_grid(den.to_image(x0).float().cpu(), nrow=math.ceil(math.sqrt(s.n)), padding=2, pad_value=1.0)
+        path = self.run_dir / "samples" / f"step-{step:07d}.png"
+        save_image(grid, path)
+        if self.writer is not None:
+            self.writer.add_image("samples", grid, step)
+            self.writer.flush()
+        return path
+
+    def export_model(self, meta: ModelMeta, model: dict, ema: dict) -> Path:
+        path = self.run_dir / "model.safetensors"
+        save_model_file(path, meta, model, ema)
+        return path
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

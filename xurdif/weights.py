@@ -1,0 +1,123 @@
+"""The model file: one .safetensors with model and EMA weights plus everything
+sampling needs (architecture, network config, schedule, prediction type, value
+range, image size, the recipe) in its string metadata.
+
+Tensors are stored as `ema.<param>` and `model.<param>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .models import build_network
+
+FORMAT = "xurdif-model-1"
+WEIGHTS = ("ema", "model")
+
+
+@dataclass
+class ModelMeta:
+    architecture: str
+    net_config: dict
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    prediction: str = "eps"
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    image_size: tuple[int, int] = (64, 64)
+    recipe: str = ""  # resolved recipe YAML, "" for imported models
+    source: str = ""  # free text: where the weights came from
+    extra: dict = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "architecture": self.architecture,
+            "net_config": json.dumps(self.net_config, sort_keys=True),
+            "schedule": self.schedule,
+            "timesteps": str(self.timesteps),
+            "prediction": self.prediction,
+            "value_range": json.dumps(list(self.value_range)),
+            "image_size": json.dumps(list(self.image_size)),
+            "recipe": self.recipe,
+            "source": self.source,
+            "extra": json.dumps(self.extra, sort_keys=True),
+        }
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, str], path: str | Path = "") -> "ModelMeta":
+        if md.get("format") != FORMAT:
+            raise ValueError(
+                f"{path}: not an xurdif model file (metadata 'format' is {md.get('format')!r}, "
+                f"expected {FORMAT!r}); import legacy checkpoints with tools/import_urdiffusion.py"
+            )
+        return cls(
+            architecture=md["architecture"],
+            net_config=json.loads(md["net_config"]),
+            schedule=md.get("schedule", "cosine"),
+            timesteps=int(md.get("timesteps", 1000)),
+            prediction=md.get("prediction", "eps"),
+            value_range=tuple(json.loads(md.get("value_range", "[-1, 1]"))),
+            image_size=tuple(json.loads(md.get("image_size", "[64, 64]"))),
+            recipe=md.get("recipe", ""),
+            source=md.get("source", ""),
+            extra=json.loads(md.get("extra", "{}")),
+        )
+
+
+def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_state: dict | None) -> None:
+    """Write atomically: a crash never leaves a half-written model file behind."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    if ema_state is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta.to_metadata())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    with safe_open(str(path), framework="pt") as f:
+        return ModelMeta.from_metadata(f.metadata() or {}, path)
+
+
+def load_state(path: str | Path, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """One set of weights; falls back to `model` when a file has no EMA."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        prefix = weights + "."
+        if not any(k.startswith(prefix) for k in keys):
+            prefix = "model."
+        return {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+
+
+def load_network(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, ModelMeta]:
+    """Build the network named in the file's metadata and load it strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    meta = read_meta(path)
+    net = build_network(meta.architecture, meta.net_config)
+    missing, unexpected = net.load_state_dict(load_state(path, weights), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match architecture {meta.architecture}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return net.eval(), meta

@@ -244,8 +244,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _suggest(dotted: str, valid: list[str]) -> str:
     section, _, leaf = dotted.rpartition(".")
-    same = [k for k in valid if k.rpartition(".")[0] == section]
-    near = difflib.get_close_matches(dotted, same, n=1, cutoff=0.6)
+    same = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    near = [same[m] for m in difflib.get_close_matches(leaf, list(same), n=1, cutoff=0.6)]
     if not near:  # maybe the key lives in another section
         by_leaf = {k.rpartition(".")[2]: k for k in valid}
         leaves = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)

@@ -1,0 +1,134 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xurdif.recipe import RecipeError, load_recipe, recipe_from_yaml, recipe_hash, recipe_to_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+MINIMAL = "data: {path: tests/fixtures/emoji-faces-32}\ntrain: {images: 100}\n"
+
+
+def problems(path, overrides=()):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, overrides)
+    return e.value.problems
+
+
+def test_minimal_recipe_gets_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, "mini.yaml", MINIMAL))
+    assert r.name == "mini"
+    assert r.model.preset == "small" and r.diffusion.prediction == "eps" and r.loss.l2 == 1.0
+    assert r.run_dir == Path("runs/mini")
+
+
+def test_typo_names_file_key_and_suggestion(tmp_path):
+    p = write(tmp_path, "t.yaml", MINIMAL + "optim: {lrr: 0.1}\n")
+    assert problems(p) == [f"{p}: optim.lrr: unknown key; did you mean optim.lr?"]
+
+
+def test_key_in_wrong_section_suggests_the_right_one(tmp_path):
+    p = write(tmp_path, "t.yaml", "data: {path: x}\ntrain: {images: 100, lrr: 0.1}\n")
+    assert problems(p) == [f"{p}: train.lrr: unknown key; did you mean optim.lr?"]
+
+
+def test_wrong_type_and_range_and_choice_all_reported_at_once(tmp_path):
+    p = write(tmp_path, "t.yaml", MINIMAL + "train: {images: 100, batch_size: many}\n"
+              "optim: {lr: -1}\ndiffusion: {prediction: noise}\n")
+    got = problems(p)
+    assert f"{p}: train.batch_size: got 'many'; expected an integer" in got
+    assert f"{p}: optim.lr: -1.0 is out of range; allowed 0.0 to 1.0" in got
+    assert f"{p}: diffusion.prediction: got 'noise'; expected one of 'eps', 'x0', 'v'" in got
+    assert len(got) == 3
+
+
+def test_int_accepted_for_float_but_bool_is_not_int(tmp_path):
+    r = load_recipe(write(tmp_path, "t.yaml", MINIMAL + "optim: {lr: 1}\n"))
+    assert r.optim.lr == 1.0 and isinstance(r.optim.lr, float)
+    p = write(tmp_path, "u.yaml", "data: {path: x}\ntrain: {images: true}\n")
+    assert problems(p) == [f"{p}: train.images: got True; expected an integer or null"]
+
+
+def test_length_is_required_and_exclusive(tmp_path):
+    p = write(tmp_path, "t.yaml", "data: {path: x}\n")
+    assert "train.images: set the training length" in problems(p)[0]
+    p = write(tmp_path, "u.yaml", "data: {path: x}\ntrain: {images: 5, steps: 5}\n")
+    assert "train.steps: set train.images or train.steps, not both" in problems(p)[0]
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, "base.yaml", MINIMAL + "model: {preset: tiny}\noptim: {lr: 0.01}\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\noptim: {warmup_images: 50}\n")
+    r = load_recipe(child, ["optim.lr=0.003", "model.mults=[1,2]"])
+    assert r.name == "child"
+    assert r.model.preset == "tiny" and r.optim.lr == 0.003 and r.optim.warmup_images == 50
+    assert r.model.mults == [1, 2] and r.train.images == 100
+
+
+def test_bad_base_and_bad_override(tmp_path):
+    p = write(tmp_path, "c.yaml", "base: nowhere.yaml\n")
+    assert problems(p) == [f"{p.resolve()}: base: nowhere.yaml not found (looked for {tmp_path.resolve()}/nowhere.yaml)"]
+    p = write(tmp_path, "d.yaml", MINIMAL)
+    assert problems(p, ["train.imagez=3"]) == ["override train.imagez: unknown key; did you mean train.images?"]
+
+
+def test_circular_base(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    b = write(tmp_path, "b.yaml", "base: a.yaml\n")
+    assert "circular inheritance" in problems(b)[0]
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    p = write(tmp_path, "t.yaml", "data:\n  path: [unclosed\n")
+    got = problems(p)
+    assert got[0].startswith(f"{p}: line ") and "invalid YAML" in got[0]
+
+
+def test_yaml_round_trip_and_hash(tmp_path):
+    r = load_recipe(write(tmp_path, "t.yaml", MINIMAL))
+    again = recipe_from_yaml(recipe_to_yaml(r))
+    assert again == r and recipe_hash(again) == recipe_hash(r)
+    assert recipe_hash(load_recipe(write(tmp_path, "t.yaml", MINIMAL), ["optim.lr=0.5"])) != recipe_hash(r)
+
+
+def run_launch(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_passes_check(recipe):
+    res = run_launch(f"recipes/{recipe}", "--check")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"recipes/{recipe}: OK"
+
+
+def test_check_reports_errors_with_exit_2(tmp_path):
+    p = write(tmp_path, "bad.yaml", MINIMAL + "model: {preset: huge}\n")
+    res = run_launch(str(p), "--check")
+    assert res.returncode == 2
+    assert f"{p}: model.preset: got 'huge'; expected one of 'tiny', 'small', 'base', 'large'" in res.stderr
+
+
+def test_demo_recipe_dry_run():
+    res = run_launch("recipes/demo.yaml", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "dataset: 169 images" in res.stdout
+    assert "model: xurdif_unet," in res.stdout and "parameters" in res.stdout
+    assert "preset: tiny" in res.stdout
+
+
+def test_missing_dataset_is_a_clear_error_before_training(tmp_path):
+    p = write(tmp_path, "t.yaml", f"data: {{path: {tmp_path}/nothing}}\ntrain: {{images: 10}}\n")
+    res = run_launch(str(p), "--dry-run")
+    assert res.returncode == 2
+    assert "nothing" in res.stderr and "Traceback" not in res.stderr

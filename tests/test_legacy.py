@@ -173,7 +173,7 @@ def test_import_reproduces_model_and_ema_outputs(case, tmp_path, request):
 
     assert meta.architecture == mtype
     assert meta.net_config == {"dim": 16, "dim_mults": [1, 2]}
-    assert meta.schedule == "cosine" and meta.timesteps == T
+    assert meta.schedule == "cosine_urdiffusion" and meta.timesteps == T
     assert meta.prediction == expected_pred
     assert meta.value_range == (-0.5, 0.5)
     assert meta.image_size == ((int(size), int(size)) if size else (512, 512))
@@ -201,7 +201,7 @@ def test_denoiser_reads_imported_models_in_their_own_range(unet2, tmp_path):
     # x0 is the eps prediction converted with the file's own schedule, in model range
     x0 = den.to_model(torch.rand(1, 3, 16, 16))
     t = torch.tensor([300])
-    ab = make_schedule("cosine", 1000).ab(t)
+    ab = make_schedule("cosine_urdiffusion", 1000).ab(t)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0)
     with torch.no_grad():
         eps = unet2[1](x_t, t)  # the original EMA network

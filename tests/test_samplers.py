@@ -11,6 +11,7 @@ import torch
 from xurdif.diffusion.samplers import (
     SAMPLERS, ddim, ddpm, dpmpp_2m, randn, sample, spaced_timesteps, start_timestep,
 )
+from xurdif.diffusion.denoiser import Denoiser
 from xurdif.diffusion.schedule import make_schedule
 
 SHAPE = (3, 8, 8)
@@ -75,15 +76,20 @@ def test_deterministic_samplers_converge_to_exact_ode_solution(oracle):
     assert e_dpm[20] <= e_ddim[100], (e_dpm, e_ddim)
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 50), ("dpmpp_2m", 20), ("ddpm", 200)])
-def test_sample_statistics_match_data(oracle, name, steps):
-    n = 2000
+@pytest.mark.parametrize("name,steps,bias", [("ddim", 200, 0.02), ("dpmpp_2m", 50, 0.01),
+                                             ("ddpm", 1000, 0.015)])
+def test_sample_statistics_match_data(oracle, name, steps, bias):
+    n = 1000
     out = sample(oracle, (n, *SHAPE), name, steps, generator=torch.Generator().manual_seed(2),
                  device="cpu").double()
-    # Standard errors at n=2000: mean ≈ 0.022 s, std ≈ 0.016 s.
-    assert torch.allclose(out.mean(0), oracle.mu, atol=0.1 * oracle.s.max().item())
+    # Sampling noise at n=1000: the mean's standard error is 0.032 s per pixel.
+    assert ((out.mean(0) - oracle.mu) / oracle.s).abs().mean() < 0.045
+    assert ((out.mean(0) - oracle.mu) / oracle.s).abs().max() < 0.15
+    # Finite steps shrink the spread a little (the last x0 estimate is a
+    # posterior mean); measured biases: ddim 50/100/200 steps 4.4/2.3/1.3 %,
+    # dpmpp_2m 20/50 2.6/0.2 %, ddpm 200/1000 2.5/0.8 %.
     ratio = out.std(0) / oracle.s
-    assert (ratio - 1).abs().mean() < 0.03 and (ratio - 1).abs().max() < 0.12, ratio
+    assert (ratio - 1).mean().abs() < bias and (ratio - 1).abs().max() < 0.1, ratio
 
 
 def test_ddpm_equals_ddim_eta1_and_list_generators_are_batch_independent(oracle):
@@ -124,9 +130,15 @@ def test_img2img_strength_and_noise_mult(oracle):
 
 
 def test_no_autograd_graph_without_guidance(oracle):
-    net = torch.nn.Conv2d(3, 3, 3, padding=1)
-    from xurdif.diffusion.denoiser import Denoiser
-    den = Denoiser(net, oracle.schedule, "eps")
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    den = Denoiser(Net(), oracle.schedule, "eps")
     out = sample(den, (1, 3, 8, 8), "dpmpp_2m", 5, generator=torch.Generator().manual_seed(0))
     assert not out.requires_grad and out.grad_fn is None
 

@@ -126,7 +126,8 @@ def convert(ckpt: dict, path: Path, image_size: int = DEFAULT_IMAGE_SIZE) -> tup
     meta = ModelMeta(
         architecture=mtype,
         net_config=config,
-        schedule="cosine",  # the only schedule either trainer had
+        # The only schedule either trainer had, in its t/(T+1) variant (see schedule.py).
+        schedule="cosine_urdiffusion",
         timesteps=int(buffers["betas"].shape[0]),
         prediction=pred,
         value_range=(-0.5, 0.5),  # both trained on ToTensor() - 0.5

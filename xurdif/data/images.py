@@ -88,7 +88,7 @@ def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], 
                     im.seek(0)  # first frame of an animation / multi-picture file
                 im.load()
                 im = resize_short_side(_to_rgb(im, background), size)
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = np.array(im, dtype=np.uint8)  # a writable copy torch can own
     except BadImage:
         raise
     except Image.DecompressionBombError as e:
@@ -96,7 +96,7 @@ def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], 
     except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as e:
         # Truncated files raise OSError, unreadable headers UnidentifiedImageError/SyntaxError.
         raise BadImage(str(e) or type(e).__name__) from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def check_header(src: ImageSource, max_pixels: int) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("cosine", "linear")
+SCHEDULES = ("cosine", "linear", "cosine_urdiffusion")
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,14 @@ class Schedule:
         return {"schedule": self.name, "timesteps": self.T}
 
 
-def cosine_alphas_cumprod(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    # Nichol & Dhariwal's cosine schedule with betas clipped at 0.999, exactly as
-    # urdiffusion/xurdif build it, so their checkpoints see the ᾱ they were trained on.
-    # They divide t by T + 1, not T (lucidrains' original): ᾱ_{T-1} is then 2.4e-6, not
-    # 2.4e-9, and checkpoints only match this variant (tests/test_legacy.py checks).
+def cosine_alphas_cumprod(T: int, s: float = 0.008, max_beta: float = 0.999,
+                          span: int | None = None) -> torch.Tensor:
+    # Nichol & Dhariwal's cosine schedule with betas clipped at 0.999. urdiffusion/xurdif
+    # (after lucidrains) divide t by span = T + 1 instead of T, so their ᾱ_{T-1} is 2.4e-6,
+    # not 2.4e-9: imported checkpoints use "cosine_urdiffusion" (tests/test_legacy.py).
+    span = T if span is None else span
     steps = torch.arange(T + 1, dtype=torch.float64)
-    f = torch.cos(((steps / (T + 1)) + s) / (1 + s) * math.pi / 2) ** 2
+    f = torch.cos(((steps / span) + s) / (1 + s) * math.pi / 2) ** 2
     ac = f / f[0]
     betas = (1 - ac[1:] / ac[:-1]).clamp(0, max_beta)
     return torch.cumprod(1 - betas, dim=0)
@@ -54,4 +55,6 @@ def make_schedule(name: str = "cosine", timesteps: int = 1000) -> Schedule:
         return Schedule(name, cosine_alphas_cumprod(timesteps))
     if name == "linear":
         return Schedule(name, linear_alphas_cumprod(timesteps))
+    if name == "cosine_urdiffusion":
+        return Schedule(name, cosine_alphas_cumprod(timesteps, span=timesteps + 1))
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .images import EvaluateError, as_features, as_float01, as_uint8, resize_to
 
@@ -87,16 +88,21 @@ def pixel_memorisation(samples: torch.Tensor, train: torch.Tensor, flips: bool =
 
 
 def memorisation_picture(samples: torch.Tensor, reference_rows: torch.Tensor,
-                         result: Memorisation, count: int = 8, gap: int = 2) -> torch.Tensor:
+                         result: Memorisation, count: int = 8, gap: int = 2,
+                         min_tile: int = 64) -> torch.Tensor:
     """uint8 [3, H, W] picture: one row per sample, most memorised first, showing
     the sample (red frame if memorised, grey if not), its nearest training image
     as matched (flipped if that was closer) and its second nearest (unflipped;
-    reference_rows must start with the training images in id order)."""
-    size = tuple(reference_rows.shape[-2:])
-    samples = resize_to(samples, size)
+    reference_rows must start with the training images in id order). Small
+    images are enlarged (nearest neighbour, whole factors) to min_tile px."""
+    samples = resize_to(samples, tuple(reference_rows.shape[-2:]))
     reference = as_float01(reference_rows)
+    scale = max(1, -(-min_tile // reference.shape[-2]))
+    if scale > 1:
+        samples = F.interpolate(samples, scale_factor=scale, mode="nearest")
+        reference = F.interpolate(reference, scale_factor=scale, mode="nearest")
     order = result.ratio.argsort()[:count]
-    h, w = size
+    h, w = reference.shape[-2:]
     tile_h, tile_w = h + 2 * gap, w + 2 * gap
     canvas = torch.ones(3, len(order) * tile_h, 3 * tile_w)
     for row, s in enumerate(order.tolist()):

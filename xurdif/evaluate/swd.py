@@ -86,8 +86,9 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
     for _ in range(repeats):
         dirs = torch.randn(a.shape[1], directions, generator=generator, dtype=a.dtype)
         dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        proj_a = (a @ dirs).sort(dim=0).values
-        proj_b = (b @ dirs).sort(dim=0).values
+        # [directions, K]: sorting along the contiguous dim is several times faster.
+        proj_a = (dirs.T @ a.T).sort(dim=1).values
+        proj_b = (dirs.T @ b.T).sort(dim=1).values
         results.append((proj_a - proj_b).abs().mean())
     return float(torch.stack(results).mean())
 

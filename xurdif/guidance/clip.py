@@ -81,18 +81,16 @@ def resolve_weights(arch: str, weights: str) -> tuple[str | None, dict]:
         hit = _hf_cached(repo, names)
         if hit:
             return hit, cfg
-        where = f"Hugging Face repo {repo}, file {names[0]} (or {names[-1]})"
-        fetch = f"`hf download {repo} {names[0]}` into the Hugging Face cache"
+        how = (f"on a connected machine run `hf download {repo} {names[0]}` and copy the Hugging Face "
+               f"cache (~/.cache/huggingface/hub) here")
     else:
         target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
         if os.path.isfile(target):
             return target, cfg
-        where = cfg["url"]
-        fetch = f"it to {target}"
+        how = f"download {cfg['url']} and put it at {target}"
     raise GuidanceError(
         f"guidance.clip_weights: CLIP weights {arch}/{weights} are not on this machine and nothing is "
-        f"downloaded at render time; fetch {where} on a connected machine and either put {fetch} "
-        f"or pass the file's path as clip_weights")
+        f"downloaded at render time; {how}, or pass a downloaded checkpoint's path as clip_weights")
 
 
 @dataclass

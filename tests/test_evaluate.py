@@ -13,9 +13,9 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from xurdif.evaluate import (EvaluateError, InceptionFeatures, evaluate_images, fid, kid,
-                             list_images, load_folder, memorisation, memorisation_picture,
-                             pixel_memorisation, swd)
+from xurdif.evaluate import (EvaluateError, InceptionFeatures, evaluate_images, fid,
+                             folder_features, kid, list_images, load_folder, memorisation,
+                             memorisation_picture, pixel_memorisation, swd)
 from xurdif.evaluate.cache import cache_path, cached_features
 from xurdif.evaluate.cli import main
 from xurdif.evaluate.swd import _pyr_up, laplacian_pyramid
@@ -150,7 +150,6 @@ def test_memorisation_copies_noise_and_flips(real, noise, halves):
     assert flipped.fraction == 1.0
     assert flipped.nearest.tolist() == list(range(32))
     assert (rows[flipped.nearest_row].flip(-1) * 255).round().to(torch.uint8).equal(real)
-    # Inception features give the same verdicts on copies and noise.
 
 
 def test_memorisation_in_feature_space(real_feats, noise_feats):
@@ -196,6 +195,25 @@ def test_cache_is_written_then_reused_and_keyed_by_contents(tmp_path):
     assert cache_path(folder, list_images(folder), "extractor-a", tmp_path / "cache") != path
 
 
+def test_folder_features_computes_once(tmp_path):
+    folder = copy_images(sorted(p.name for p in FIXTURE.glob("*.png"))[:3], tmp_path / "real")
+
+    class MeanColour:  # a cheap stand-in with the extractor interface
+        name = "mean-colour"
+        calls = 0
+
+        def __call__(self, images):
+            self.calls += 1
+            return images.double().mean(dim=(2, 3))
+
+    extractor = MeanColour()
+    first, path, hit = folder_features(folder, extractor, tmp_path / "cache")
+    again, path_again, hit_again = folder_features(folder, extractor, tmp_path / "cache")
+    assert (hit, hit_again, extractor.calls) == (False, True, 1) and path_again == path
+    assert first.shape == (3, 3) and again.equal(first)
+    torch.testing.assert_close(first, load_folder(folder).double().mean(dim=(2, 3)))
+
+
 def test_missing_or_empty_folder_is_named(tmp_path, capsys):
     with pytest.raises(EvaluateError, match="nowhere.*no such folder"):
         list_images(tmp_path / "nowhere")
@@ -215,8 +233,10 @@ def test_evaluate_images_checks_its_inputs():
 
 def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys):
     pngs = sorted(p.name for p in FIXTURE.glob("*.png"))
-    real = copy_images(pngs[:4], tmp_path / "real")
-    fake = copy_images(pngs[:2], tmp_path / "fake")  # two exact copies ...
+    real = copy_images(pngs[2:6], tmp_path / "real")
+    fake = copy_images(pngs[2:3], tmp_path / "fake")  # an exact copy, a mirrored copy ...
+    with Image.open(FIXTURE / pngs[5]) as winking:  # (this emoji is not symmetric)
+        winking.transpose(Image.FLIP_LEFT_RIGHT).save(fake / "mirrored.png")
     noise = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(3))
     for i, image in enumerate(noise):  # ... and two noise images
         Image.fromarray((image.numpy() * 255).astype(np.uint8)).save(fake / f"noise{i}.png")
@@ -230,7 +250,10 @@ def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys
     assert report["feature_cache_hit"] is False and Path(report["feature_cache"]).is_file()
     assert report["real_images"] == 4 and report["fake_images"] == 4
     assert report["memorisation"]["count"] == 2 and report["memorisation"]["fraction"] == 0.5
-    assert report["memorisation"]["nearest"][:2] == [0, 1]
+    # Files sort as 00002..., mirrored, noise0, noise1; the mirror matches training
+    # image 3 through its flipped copy (reference row 4 + 3).
+    assert report["memorisation"]["nearest"][:2] == [0, 3]
+    assert report["memorisation"]["nearest_row"][:2] == [0, 7]
     assert report["fid"] > 0 and report["kid"]["mean"] > 0
     assert set(report["swd_x1e3"]["levels"]) == {"32", "16"}
     assert "FID" in table and f"{report['fid']:.3f}" in table

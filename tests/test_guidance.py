@@ -204,6 +204,25 @@ def test_guide_lowers_its_loss_and_never_touches_parameters(den, files, cache, g
     assert all(p.grad is None for p in gd.guides.clip.model.parameters()) if gd.guides.clip else True
 
 
+def test_weights_are_absolute_and_guides_add(den, files, cache):
+    # Each guide is RMS-normalised on its own: the x0 step is scale·sqrt(ᾱ)^p·(hi-lo)
+    # per unit of weight, and two guides' steps add.
+    x, t = torch.randn(2, 3, SIZE, SIZE), torch.full((2,), 600)
+    plain = den(x, t)
+
+    def step(**kw):
+        return build_guided_denoiser(den, opts(**kw), "a red fox", "cpu", cache=cache)(x, t) - plain
+
+    text1, text2 = step(text_weight=1.0), step(text_weight=2.0)
+    target = step(target=str(files / "stripes.png"), target_weight=0.5)
+    both = step(text_weight=1.0, target=str(files / "stripes.png"), target_weight=0.5)
+    assert torch.allclose(text2, 2 * text1, atol=1e-6)
+    assert torch.allclose(both, text1 + target, atol=1e-6)
+    ab = den.schedule.ab(t)[0]
+    rms = text1.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms, torch.full((2,), 0.02 * 2 * float(ab.sqrt())), rtol=1e-4)
+
+
 def test_target_mask_limits_the_guide_to_the_mask(den, files):
     # With a left-half mask, the right half should stay as the plain render had it.
     options = opts(target=str(files / "stripes.png"), target_loss="l2", target_mask=str(files / "mask.png"),

@@ -54,6 +54,7 @@ def test_wrong_type_and_range_and_choice_all_reported_at_once(tmp_path):
 def test_int_accepted_for_float_but_bool_is_not_int(tmp_path):
     r = load_recipe(write(tmp_path, "t.yaml", MINIMAL + "optim: {lr: 1}\n"))
     assert r.optim.lr == 1.0 and isinstance(r.optim.lr, float)
+    assert load_recipe(write(tmp_path, "e.yaml", MINIMAL + "optim: {lr: 1e-3}\n")).optim.lr == 0.001
     p = write(tmp_path, "u.yaml", "data: {path: x}\ntrain: {images: true}\n")
     assert problems(p) == [f"{p}: train.images: got True; expected an integer or null"]
 

@@ -103,14 +103,14 @@ def test_timestep_embedding_values():
 
 
 def test_unet_config_applies_overrides_and_ignores_none():
-    cfg = unet_config("small", base_width=40, dropout=None, attn_levels=[3])
-    assert cfg["base_width"] == 40
+    cfg = unet_config("small", base_width=56, dropout=None, attn_levels=[3])
+    assert cfg["base_width"] == 56
     assert cfg["attn_levels"] == [3]
     assert "dropout" not in cfg or cfg["dropout"] == PRESETS["small"].get("dropout")
     # The config is stored as JSON in model files and rebuilt from it.
     assert json.loads(json.dumps(cfg)) == cfg
     # Overriding must not change the preset table itself.
-    assert unet_config("small")["base_width"] == PRESETS["small"]["base_width"] != 40
+    assert unet_config("small")["base_width"] == PRESETS["small"]["base_width"] != 56
 
 
 def test_unet_config_unknown_preset_lists_valid_ones():
@@ -142,3 +142,16 @@ def test_rebuilt_from_config_matches():
     a = UNet(**cfg)
     b = UNet(**json.loads(json.dumps(cfg)))
     b.load_state_dict(a.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("preset,low,high", [("tiny", 0.3, 0.65), ("small", 2.0, 2.3)])
+def test_cpu_presets_cost(preset, low, high):
+    # "small" is priced like xurdif's own network (2.15 GFLOP per 64 px image).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        net = UNet(**unet_config(preset))
+        x, t = torch.empty(1, 3, 64, 64), torch.zeros(1)
+    with FlopCounterMode(display=False) as counter:
+        net(x, t)
+    assert low <= counter.get_total_flops() / 1e9 <= high

@@ -289,6 +289,11 @@ def _coerce(t: Any, v: Any) -> tuple[bool, Any]:
     if t is int:
         return isinstance(v, int) and not isinstance(v, bool), v
     if t is float:
+        if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return True, float(v)
+            except ValueError:
+                return False, v
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         return ok, float(v) if ok else v
     if t is str:

@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .images import list_images, load_images
+
 
 def default_cache_dir() -> Path:
     # Outside the data folder: data may be read-only, and data loaders should not see our files.
@@ -57,3 +59,15 @@ def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> tuple[to
         Path(tmp).unlink(missing_ok=True)
         raise
     return features, False
+
+
+def folder_features(folder: str | Path, extractor, cache_dir: str | Path | None = None,
+                    images: torch.Tensor | None = None) -> tuple[torch.Tensor, Path, bool]:
+    """Features of every image in `folder` through `extractor` (anything with a
+    `name` and `images -> features`, e.g. InceptionFeatures), cached on disk.
+    `images`, when given, must be that folder's images as `load_folder` returns
+    them; it only saves reading them again. Returns (features, cache file, was_cached)."""
+    paths = list_images(folder)
+    path = cache_path(folder, paths, extractor.name, cache_dir)
+    features, hit = cached_features(path, lambda: extractor(load_images(paths) if images is None else images))
+    return features, path, hit

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .cache import cache_path, cached_features
+from .cache import folder_features
 from .images import EvaluateError, list_images, load_images
 from .inception import InceptionFeatures
-from .memorisation import memorisation_picture
+from .memorisation import memorisation_picture, reference_rows
 from .suite import MEMORISATION_SPACE, evaluate_images, format_table, memorisation_details
 
 
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.no_cache:
         real_features, cache_file, hit = None, None, False
     else:
-        cache_file = cache_path(args.real, real_paths, extractor.name, args.cache_dir)
-        real_features, hit = cached_features(cache_file, lambda: extractor(real))
+        real_features, cache_file, hit = folder_features(args.real, extractor, args.cache_dir, real)
     report = evaluate_images(real, fake, extractor=extractor, real_features=real_features,
                              kid_subsets=args.kid_subsets, seed=args.seed)
     json_path = args.json or default_json_path(args.fake)
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
         "feature_cache": str(cache_file) if cache_file else None, "feature_cache_hit": hit,
         "picture": str(picture_path), **report,
     }
-    rows = memorisation_picture(fake, real, memorisation_details(report), count=args.show)
+    rows = memorisation_picture(fake, reference_rows(real), memorisation_details(report), count=args.show)
     picture = np.ascontiguousarray(rows.permute(1, 2, 0).numpy())
     picture_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(picture_path)

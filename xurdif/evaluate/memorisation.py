@@ -48,6 +48,8 @@ def memorisation(sample_feats, train_feats, train_ids: torch.Tensor | None = Non
     """
     samples = as_features(sample_feats, "sample_feats", min_rows=1)
     train = as_features(train_feats, "train_feats")
+    if samples.shape[1] != train.shape[1]:
+        raise EvaluateError(f"feature sizes differ: samples {samples.shape[1]} vs training {train.shape[1]}")
     if train_ids is None:
         train_ids = torch.arange(train.shape[0])
     train_ids = torch.as_tensor(train_ids).long().cpu()
@@ -70,6 +72,13 @@ def memorisation(sample_feats, train_feats, train_ids: torch.Tensor | None = Non
     )
 
 
+def reference_rows(train: torch.Tensor, flips: bool = True) -> torch.Tensor:
+    """float [0, 1] training images, then (with flips) the same images mirrored:
+    row r shows training image r % len(train)."""
+    rows = as_float01(train)
+    return torch.cat([rows, rows.flip(-1)]) if flips else rows
+
+
 def pixel_memorisation(samples: torch.Tensor, train: torch.Tensor, flips: bool = True,
                        threshold: float = THRESHOLD) -> tuple[Memorisation, torch.Tensor]:
     """Memorisation in pixel space at the training images' size.
@@ -78,25 +87,28 @@ def pixel_memorisation(samples: torch.Tensor, train: torch.Tensor, flips: bool =
     `nearest_row` indexes, for drawing the picture.
     """
     size = tuple(train.shape[-2:])
-    rows = as_float01(train)
-    ids = torch.arange(rows.shape[0])
-    if flips:
-        rows, ids = torch.cat([rows, rows.flip(-1)]), torch.cat([ids, ids])
-    fakes = resize_to(samples, size)
-    result = memorisation(fakes.flatten(1), rows.flatten(1), ids, threshold)
-    return result, rows
+    rows = reference_rows(train, flips)
+    ids = torch.arange(train.shape[0]).repeat(rows.shape[0] // train.shape[0])
+    train_rows = rows.flatten(1)
+    # In chunks: 10k samples as float64 pixels would take gigabytes at once.
+    parts = [memorisation(resize_to(chunk, size).flatten(1), train_rows, ids, threshold)
+             for chunk in samples.split(512)]
+    merged = {name: torch.cat([getattr(p, name) for p in parts])
+              for name in ("ratio", "nearest", "nearest_row", "second", "distance")}
+    fraction = float((merged["ratio"] < threshold).double().mean())
+    return Memorisation(fraction=fraction, threshold=threshold, **merged), rows
 
 
-def memorisation_picture(samples: torch.Tensor, reference_rows: torch.Tensor,
+def memorisation_picture(samples: torch.Tensor, rows: torch.Tensor,
                          result: Memorisation, count: int = 8, gap: int = 2,
                          min_tile: int = 64) -> torch.Tensor:
     """uint8 [3, H, W] picture: one row per sample, most memorised first, showing
     the sample (red frame if memorised, grey if not), its nearest training image
     as matched (flipped if that was closer) and its second nearest (unflipped;
-    reference_rows must start with the training images in id order). Small
+    rows must start with the training images in id order, as `reference_rows`). Small
     images are enlarged (nearest neighbour, whole factors) to min_tile px."""
-    samples = resize_to(samples, tuple(reference_rows.shape[-2:]))
-    reference = as_float01(reference_rows)
+    samples = resize_to(samples, tuple(rows.shape[-2:]))
+    reference = as_float01(rows)
     scale = max(1, -(-min_tile // reference.shape[-2]))
     if scale > 1:
         samples = F.interpolate(samples, scale_factor=scale, mode="nearest")

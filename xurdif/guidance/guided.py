@@ -25,8 +25,6 @@ x_t, so no parameter's .grad (U-Net or CLIP) is ever written.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import losses as L
@@ -139,13 +137,15 @@ class GuidedDenoiser:
         frac = t.double() / max(self.base.schedule.T - 1, 1)
         return (frac >= self.cfg.t_min - 1e-9) & (frac <= self.cfg.t_max + 1e-9)
 
-    def _combined_grad(self, x0: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
-        """Σ_g weight_g · (unit-RMS gradient of guide g wrt x0)."""
+    def _combined_grad(self, x0: torch.Tensor, img: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
+        """Σ_g weight_g · (unit-RMS gradient of guide g wrt x0). keep_graph keeps
+        the graph behind x0 (the U-Net's) for a later backward."""
         losses = self.guides.losses(img, self.generator)
         total = torch.zeros_like(x0)
         names = list(losses)
         for i, name in enumerate(names):
-            (g,) = torch.autograd.grad(losses[name].sum(), x0, retain_graph=i < len(names) - 1)
+            keep = keep_graph or i < len(names) - 1
+            (g,) = torch.autograd.grad(losses[name].sum(), x0, retain_graph=keep)
             total = total + self.guides.weight(name) * _unit_rms(g)
         return total
 
@@ -162,7 +162,7 @@ class GuidedDenoiser:
             with torch.inference_mode(False), torch.enable_grad():
                 xt = x_t.detach().clone().requires_grad_(True)
                 x0 = self.base(xt, t.clone())
-                g_x0 = self._combined_grad(x0, to_image_st(x0, vr))
+                g_x0 = self._combined_grad(x0, to_image_st(x0, vr), keep_graph=True)
                 # The raw vector-Jacobian product, not renormalised: at high noise
                 # dx0/dx_t is small (~sqrt(ᾱ)), which cancels the 1/sqrt(ᾱ) below.
                 (g_xt,) = torch.autograd.grad(x0, xt, grad_outputs=g_x0)

@@ -53,6 +53,16 @@ def total_images(recipe: Recipe, global_batch: int) -> int:
     return math.ceil(recipe.train.images / global_batch) * global_batch
 
 
+def check_same_shape(ours: dict, theirs: dict, path: Path) -> None:
+    """A checkpoint of another network is an error that names the keys, not a torch traceback."""
+    bad = sorted(set(ours) ^ set(theirs))
+    bad += [f"{k} {tuple(theirs[k].shape)} vs {tuple(ours[k].shape)}" for k in sorted(set(ours) & set(theirs))
+            if ours[k].shape != theirs[k].shape]
+    if bad:
+        raise ValueError(f"{path}: checkpoint is of a different model shape than the recipe's; "
+                         f"mismatching keys ({len(bad)}): {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}")
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, accelerator: Accelerator, outputs: RunOutputs):
         self.r = recipe
@@ -60,6 +70,7 @@ class Trainer:
         self.out = outputs
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.data = open_dataset(recipe.data, self.rank, self.world)
+        torch.manual_seed(draws.derive_seed(recipe.train.seed, "init"))  # same initial weights on every rank and run
         net, self.meta = build_for_recipe(recipe)
         self.schedule = make_schedule(self.meta.schedule, self.meta.timesteps)
         self.ema = make_ema(net).to(accelerator.device)
@@ -106,6 +117,7 @@ class Trainer:
                 f"(batch_size x processes x grad_accum); this run has {self.global_batch}. "
                 "Keep the global batch: adjust train.batch_size or train.grad_accum."
             )
+        check_same_shape(self.acc.unwrap_model(self.net).state_dict(), ck["model"], path)
         self.acc.unwrap_model(self.net).load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
         self.opt.load_state_dict(ck["optimizer"])

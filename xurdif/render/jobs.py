@@ -1,0 +1,288 @@
+"""Job lists: a plain prompts file or a YAML job file, parsed into typed `Job`s.
+
+Prompts file: one prompt per line, `#` starts a comment, blank lines are
+ignored, options follow a `|`:
+
+    a red fox | seed=7 n=4 steps=30 init=fox.png strength=0.6
+
+YAML job file (full control):
+
+    defaults: {steps: 30, sampler: dpmpp_2m}
+    presets: {mine: "contrast:1.2,grain:0.02"}   # postprocessing presets
+    jobs:
+      - a plain prompt
+      - {prompt: a red fox, n: 4, post: mine, guidance: {clip_scale: 0.5}}
+
+Precedence: Job defaults < YAML `defaults:` < command-line flags < the job's own
+options. A job's index (used in output names and derived seeds) is its
+position among the file's job lines, malformed lines included, so fixing one
+line never renumbers the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..diffusion.samplers import SAMPLERS
+from ..postprocess import parse_chain
+
+
+class JobError(ValueError):
+    """A bad job: the message starts with `file:line:`."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt to render n times. Every option and its default lives here."""
+
+    prompt: str = ""
+    n: int = 1                 # images for this prompt
+    seed: int | None = None    # first seed (then seed+1, ...); None: derived from (index, image)
+    steps: int = 50            # sampler steps for a full (strength 1) render
+    sampler: str = "ddim"      # ddim | dpmpp_2m | ddpm
+    eta: float = 0.0           # ddim only: 0 deterministic, 1 DDPM-like noise
+    size: tuple[int, int] | None = None  # (width, height); None: init's aspect or the model's size
+    init: str | None = None    # init image (img2img), relative to the job file
+    strength: float = 0.6      # with init: fraction of the schedule run; 1.0 = pure noise start
+    noise_mult: float = 1.0    # multiplies the start tensor (xurdif's noise level)
+    post: str = ""             # postprocessing chain or preset, e.g. contrast:1.1,gamma:0.9
+    guidance: dict = field(default_factory=dict)  # for xurdif.guidance; the prompt is the CLIP text
+    # Where the job came from; not options.
+    index: int = field(default=0, metadata={"option": False})
+    source: str = field(default="", metadata={"option": False})
+    line: int = field(default=0, metadata={"option": False})
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.source else "command line"
+
+    def options(self) -> dict[str, Any]:
+        """The options as JSON-able values (what goes into PNG metadata)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("option", True)}
+        out["size"] = list(self.size) if self.size else None
+        return out
+
+    def seeds(self) -> list[int]:
+        if self.seed is not None:
+            return [self.seed + k for k in range(self.n)]
+        return [derive_seed(self.index, k) for k in range(self.n)]
+
+
+OPTIONS = [f.name for f in dataclasses.fields(Job) if f.metadata.get("option", True)]
+
+
+def derive_seed(index: int, k: int) -> int:
+    """A stable seed for image k of job `index` (no Python hash randomisation)."""
+    digest = hashlib.sha256(f"xurdif-render:{index}:{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def parse_size(value: Any) -> tuple[int, int] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        w, h = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        w = h = value
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(value))
+        if not m:
+            raise ValueError(f"size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got {value!r}")
+        w, h = int(m.group(1)), int(m.group(2) or m.group(1))
+    if not all(isinstance(v, int) and 8 <= v <= 4096 for v in (w, h)):
+        raise ValueError(f"size sides must be integers in 8..4096, got {value!r}")
+    return int(w), int(h)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A string (from a prompts file) or YAML value into the option's type."""
+    text = isinstance(value, str)
+    if name == "size":
+        return parse_size(value)
+    if name == "guidance":
+        if not isinstance(value, dict):
+            raise ValueError("guidance must be a mapping (set it in a YAML job file)")
+        return dict(value)
+    if name in ("n", "steps", "seed"):
+        if name == "seed" and (value is None or (text and value.lower() in ("none", "random", ""))):
+            return None
+        if isinstance(value, bool) or not (isinstance(value, int) or (text and re.fullmatch(r"-?\d+", value))):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if name in ("eta", "strength", "noise_mult"):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if name == "init" and (value is None or value == ""):
+        return None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return str(value)
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown option {name!r}; {hint}valid: {', '.join(OPTIONS)}"
+
+
+def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: dict[str, str],
+             base_dir: Path | None = None) -> Job:
+    """Apply options onto `base`, check them, return the Job (JobError on bad input)."""
+    source, line = where
+    values: dict[str, Any] = {}
+    for key, value in opts.items():
+        if key not in OPTIONS:
+            raise JobError(f"{source}:{line}: {_unknown(key)}")
+        try:
+            values[key] = _coerce(key, value)
+        except ValueError as e:
+            raise JobError(f"{source}:{line}: {e}") from None
+    if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
+        values["init"] = str(base_dir / values["init"])
+    job = dataclasses.replace(base, **values, source=source, line=line)
+    try:
+        validate(job, presets)
+    except ValueError as e:
+        raise JobError(f"{source}:{line}: {e}") from None
+    return job
+
+
+def validate(job: Job, presets: dict[str, str]) -> None:
+    if not job.prompt.strip():
+        raise ValueError("empty prompt")
+    if job.n < 1:
+        raise ValueError(f"n must be >= 1, got {job.n}")
+    if not 1 <= job.steps <= 1000:
+        raise ValueError(f"steps must be in 1..1000, got {job.steps}")
+    if job.sampler not in SAMPLERS:
+        close = difflib.get_close_matches(job.sampler, list(SAMPLERS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown sampler {job.sampler!r}; {hint}valid: {', '.join(SAMPLERS)}")
+    if job.eta < 0:
+        raise ValueError(f"eta must be >= 0, got {job.eta}")
+    if not 0 < job.strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1.0 = start from pure noise), got {job.strength}")
+    if job.noise_mult <= 0:
+        raise ValueError(f"noise_mult must be > 0, got {job.noise_mult}")
+    if job.seed is not None and not 0 <= job.seed < 2**63 - job.n:
+        raise ValueError(f"seed must be a non-negative integer, got {job.seed}")
+    parse_chain(job.post, presets)
+
+
+def split_inline(text: str) -> tuple[str, dict[str, str]]:
+    """`a red fox | seed=7 n=4` -> ("a red fox", {"seed": "7", "n": "4"})."""
+    prompt, _, rest = text.partition("|")
+    opts: dict[str, str] = {}
+    for token in rest.split():
+        key, eq, value = token.partition("=")
+        if not eq or not key:
+            raise ValueError(f"expected key=value after '|', got {token!r}")
+        opts[key.strip()] = value.strip()
+    return prompt.strip(), opts
+
+
+def parse_prompts_text(text: str, source: str, base: Job, presets: dict[str, str] | None = None,
+                       base_dir: Path | None = None) -> tuple[list[Job], list[str]]:
+    """Jobs from a prompts file's text, plus one error line per malformed line."""
+    presets = presets or {}
+    jobs: list[Job] = []
+    errors: list[str] = []
+    index = 0
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        content = raw.split("#", 1)[0].strip()
+        if not content:
+            continue
+        try:
+            prompt, opts = split_inline(content)
+            job = make_job({"prompt": prompt, **opts}, dataclasses.replace(base, index=index),
+                           (source, lineno), presets, base_dir)
+            jobs.append(job)
+        except JobError as e:
+            errors.append(str(e))
+        except ValueError as e:
+            errors.append(f"{source}:{lineno}: {e}")
+        index += 1
+    return jobs, errors
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader; we read line numbers from the composed node tree."""
+
+
+def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, Any] | None = None,
+                    base_dir: Path | None = None) -> tuple[list[Job], list[str], dict[str, str]]:
+    """Jobs, error lines and postprocessing presets from a YAML job file."""
+    try:
+        loader = _LineLoader(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise JobError(f"{source}:{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise JobError(f"{source}:1: a job file is a mapping with keys defaults, presets, jobs")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in root.value}
+    for key in data:
+        if key not in ("defaults", "presets", "jobs"):
+            close = difflib.get_close_matches(str(key), ["defaults", "presets", "jobs"], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise JobError(f"{source}:{lines.get(key, 1)}: unknown key {key!r}; {hint}valid: defaults, presets, jobs")
+    presets = data.get("presets") or {}
+    if not isinstance(presets, dict) or not all(isinstance(v, str) for v in presets.values()):
+        raise JobError(f"{source}:{lines.get('presets', 1)}: presets must map names to chains like 'contrast:1.1'")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise JobError(f"{source}:{lines.get('defaults', 1)}: defaults must be a mapping of job options")
+    # Check the defaults once, with a placeholder prompt, for their own line numbers.
+    base = make_job({"prompt": "defaults", **defaults}, base, (source, lines.get("defaults", 1)),
+                    presets, base_dir)
+    if cli_defaults:
+        base = dataclasses.replace(base, **cli_defaults)
+    base = dataclasses.replace(base, prompt="")
+    items = data.get("jobs")
+    jobs_node = next((v for k, v in root.value if k.value == "jobs"), None)
+    if not isinstance(items, list) or jobs_node is None:
+        raise JobError(f"{source}:{lines.get('jobs', 1)}: 'jobs' must be a list of prompts or mappings")
+    jobs: list[Job] = []
+    errors: list[str] = []
+    for index, (item, node) in enumerate(zip(items, jobs_node.value)):
+        line = node.start_mark.line + 1
+        opts = {"prompt": item} if isinstance(item, str) else item
+        if not isinstance(opts, dict):
+            errors.append(f"{source}:{line}: a job is a prompt string or a mapping, got {item!r}")
+            continue
+        try:
+            jobs.append(make_job(opts, dataclasses.replace(base, index=index), (source, line), presets, base_dir))
+        except JobError as e:
+            errors.append(str(e))
+    return jobs, errors, presets
+
+
+def load_jobs(path: str | Path, base: Job, cli_defaults: dict[str, Any] | None = None
+              ) -> tuple[list[Job], list[str], dict[str, str]]:
+    """Jobs from a .txt prompts file or a .yaml/.yml job file next to its init images."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"{path}:0: cannot read job file: {e}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return parse_yaml_text(text, str(path), base, cli_defaults, path.parent)
+    base = dataclasses.replace(base, **(cli_defaults or {}))
+    jobs, errors = parse_prompts_text(text, str(path), base, None, path.parent)
+    return jobs, errors, {}

@@ -1,0 +1,234 @@
+"""Render job lists: load the model, plan batches, sample, postprocess, write.
+
+Batches are planned from the full job list (grouped by everything that must
+be equal inside a batch), and a batch is skipped only when all its images
+exist. A rerun after an interruption therefore renders exactly the batches an
+uninterrupted run rendered, so every pixel is the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.samplers import sample
+from ..diffusion.schedule import make_schedule
+from ..postprocess import parse_chain, apply_chain
+from ..weights import load_network
+from . import outputs
+from .jobs import Job, JobError
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder (uses <run>/model.safetensors) or a .safetensors file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: model file not found (give a run folder or a .safetensors file)")
+    return p
+
+
+def load_denoiser(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Denoiser, object]:
+    """Network, schedule, prediction type and value range all from the file's metadata."""
+    net, meta = load_network(resolve_model_path(path), weights)
+    net = net.to(device)
+    den = Denoiser(net, make_schedule(meta.schedule, meta.timesteps), meta.prediction,
+                   tuple(meta.value_range))
+    return den, meta
+
+
+def make_denoiser(base_denoiser: Callable, job: Job) -> Callable:
+    """The hook for guidance: wrap the base denoiser according to `job.guidance`
+    (the job's prompt is the default CLIP text). Without guidance: unchanged."""
+    return base_denoiser
+
+
+@dataclass
+class Task:
+    job: Job
+    k: int       # image number within the job
+    seed: int
+    rel: str     # path inside the output folder
+    size: tuple[int, int]  # (width, height)
+
+
+@dataclass
+class Result:
+    written: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    contact_sheets: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def load_init(job: Job, size: tuple[int, int] | None, default_side: int, stride: int
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The init image as [3, H, W] in [0, 1] and the output size (width, height).
+
+    Without an explicit size the init's aspect ratio is kept, scaled so its
+    longer side is the model's size, each side a multiple of the network stride.
+    With one, the init is scaled to cover it and centre-cropped (never distorted).
+    """
+    try:
+        with Image.open(job.init) as im:
+            im = im.convert("RGB")
+            im.load()
+    except Exception as e:  # PIL raises many types for bad files
+        raise JobError(f"{job.where}: cannot read init image {job.init}: {e}") from None
+    w0, h0 = im.size
+    if size is None:
+        scale = default_side / max(w0, h0)
+        size = tuple(max(stride, round(v * scale / stride) * stride) for v in (w0, h0))
+    w, h = size
+    scale = max(w / w0, h / h0)
+    sw, sh = max(w, round(w0 * scale)), max(h, round(h0 * scale))
+    im = im.resize((sw, sh), Image.Resampling.LANCZOS)
+    left, top = (sw - w) // 2, (sh - h) // 2
+    im = im.crop((left, top, left + w, top + h))
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255, (w, h)
+
+
+def params_record(job: Job, task: Task, model_path: Path, sha: str, weights: str) -> dict:
+    params = {**job.options(), "size": list(task.size), "model": str(model_path), "weights": weights}
+    return {"file": task.rel, "index": job.index, "k": task.k, "prompt": job.prompt,
+            "seed": task.seed, "model_sha256": sha, "params": params}
+
+
+def batch_key(job: Job, size: tuple[int, int]) -> str:
+    # Everything that must be shared inside one sampler call.
+    key = {"size": size, "steps": job.steps, "sampler": job.sampler, "eta": job.eta,
+           "noise_mult": job.noise_mult, "strength": job.strength if job.init else 1.0,
+           "init": bool(job.init)}
+    if job.guidance:  # a guided denoiser is built per job
+        key["job"] = job.index
+    return json.dumps(key, sort_keys=True)
+
+
+@contextlib.contextmanager
+def stop_on_sigint():
+    """First Ctrl-C: finish the current batch and stop. Second: stop now."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        tqdm.write("Ctrl-C: finishing the current batch, then stopping (Ctrl-C again to abort)")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: str = "ema",
+           batch_size: int = 8, device: str | torch.device = "cpu", overwrite: bool = False,
+           presets: dict[str, str] | None = None, precision: str = "fp32",
+           progress: bool = True) -> Result:
+    model_path = resolve_model_path(model)
+    den, meta = load_denoiser(model_path, weights, device)
+    sha = outputs.model_sha256(model_path)
+    out_dir = Path(out_dir)
+    done = outputs.reconcile(out_dir)
+    result = Result()
+    stride = int(getattr(den.net, "factor", 8))
+    mh, mw = (meta.image_size[0], meta.image_size[1])  # ModelMeta stores (H, W); square in practice
+    default_side = max(mh, mw)
+
+    # Resolve sizes and inits per job; a bad job fails alone.
+    inits: dict[int, torch.Tensor] = {}
+    tasks: list[Task] = []
+    for job in jobs:
+        try:
+            size = job.size
+            if job.init:
+                inits[job.index], size = load_init(job, size, default_side, stride)
+            size = size or (mw, mh)
+            folder = outputs.job_dir_name(job.index, job.prompt)
+            outputs.safe_path(out_dir, folder)
+        except (JobError, ValueError) as e:
+            result.failures.append(str(e))
+            continue
+        tasks += [Task(job, k, s, f"{folder}/{s}.png", size) for k, s in enumerate(job.seeds())]
+    if overwrite:
+        redo = {t.rel for t in tasks}
+        done = {rel: rec for rel, rec in done.items() if rel not in redo}
+        outputs.rewrite_manifest(out_dir, done.values())
+
+    groups: dict[str, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(batch_key(t.job, t.size), []).append(t)
+    batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    todo = [b for b in batches if any(t.rel not in done for t in b)]
+    result.skipped = sum(1 for t in tasks if t.rel in done)
+    total = sum(1 for b in todo for t in b if t.rel not in done)
+
+    autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+                if precision == "bf16" else contextlib.nullcontext())
+    bar = tqdm(total=total, unit="img", desc="rendering", disable=not progress, dynamic_ncols=True)
+    with stop_on_sigint() as flag, bar:
+        for batch in todo:
+            if flag["stop"]:
+                result.interrupted = True
+                break
+            try:
+                with autocast:
+                    imgs = _render_batch(den, batch, inits, presets, device)
+            except (JobError, ValueError, RuntimeError) as e:
+                result.failures.append(f"{batch[0].job.where}: {e}")
+                continue
+            for t, img in zip(batch, imgs):
+                if t.rel in done:
+                    continue
+                rec = params_record(t.job, t, model_path, sha, weights)
+                outputs.save_image(out_dir, t.rel, img, rec)
+                done[t.rel] = rec
+                result.written += 1
+                bar.update(1)
+
+    # Contact sheets for every job that is complete on disk.
+    for job in jobs:
+        folder = outputs.job_dir_name(job.index, job.prompt)
+        rels = [f"{folder}/{s}.png" for s in job.seeds()]
+        if rels and all(r in done for r in rels):
+            sheet = outputs.write_contact_sheet(out_dir / folder, [out_dir / r for r in rels])
+            if sheet:
+                result.contact_sheets.append(sheet)
+    return result
+
+
+def _render_batch(den: Denoiser, batch: list[Task], inits: dict[int, torch.Tensor],
+                  presets: dict[str, str] | None, device) -> torch.Tensor:
+    job = batch[0].job
+    w, h = batch[0].size
+    gens = [torch.Generator().manual_seed(t.seed) for t in batch]
+    init = None
+    if job.init:
+        init = den.to_model(torch.stack([inits[t.job.index] for t in batch]))
+    x0 = sample(make_denoiser(den, job), (len(batch), 3, h, w), job.sampler, job.steps,
+                generator=gens, init=init, strength=job.strength if init is not None else 1.0,
+                noise_mult=job.noise_mult, device=device,
+                **({"eta": job.eta} if job.sampler == "ddim" else {}))
+    imgs = den.to_image(x0.float()).cpu()
+    # Postprocessing differs per job inside a batch; grain continues each image's generator.
+    out = []
+    for t, img, g in zip(batch, imgs, gens):
+        out.append(apply_chain(img[None], parse_chain(t.job.post, presets), [g])[0])
+    return torch.stack(out)

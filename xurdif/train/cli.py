@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto (default): continue the run in its folder if one exists; or a checkpoint folder")
     p.add_argument("--restart", action="store_true", help="start over in an existing run folder "
                    "(the old folder is kept, renamed to <run>.old-<time>)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
 
 
 def recipe_changes(old: Recipe, new: Recipe) -> tuple[list[str], list[str]]:

@@ -27,7 +27,8 @@ def scalars(run: Path) -> EventAccumulator:
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "fixture"
     rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=60", "samples.every_steps=30",
-                      "checkpoint.every_steps=30", "loss.l1=0.5", "loss.edge_l1=0.5", "loss.ssim=0.2"])
+                      "checkpoint.every_steps=30", "loss.l1=0.5", "loss.edge_l1=0.5", "loss.ssim=0.2",
+                      "eval.kid_every_steps=60", "eval.kid_samples=8", "eval.kid_steps=2", "eval.real_images=16"])
     assert rc == 0
     return out
 
@@ -63,6 +64,10 @@ def test_tensorboard_tags(trained):
               "train/images_per_sec", "train/ema_decay", "train/nonfinite_skips"):
         assert t in tags, t
     assert "samples" in ea.Tags()["images"]
+    kid = ea.Scalars("eval/kid")
+    assert [e.step for e in kid] == [60] and kid[0].value > 0  # random-ish 60-step samples are far from data
+    memorised = ea.Scalars("eval/memorised")[0].value
+    assert 0.0 <= memorised <= 1.0
 
 
 @pytest.mark.slow

@@ -132,6 +132,14 @@ class SamplesCfg:
 
 
 @dataclass(frozen=True)
+class EvalCfg:
+    kid_every_steps: int = opt(0, min=0, doc="in-training KID of EMA samples every N steps (0 = off)")
+    kid_samples: int = opt(64, min=8, max=10000, doc="EMA samples per KID measurement (bounds its cost)")
+    kid_steps: int = opt(20, min=1, max=1000, doc="sampler steps for those samples")
+    real_images: int = opt(1000, min=8, doc="training images the samples are compared with")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = opt("", doc="run name (default: the recipe file's stem)")
     data: DataCfg = field(default_factory=DataCfg)
@@ -144,6 +152,7 @@ class Recipe:
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     log: LogCfg = field(default_factory=LogCfg)
     samples: SamplesCfg = field(default_factory=SamplesCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
 
     @property
     def run_dir(self) -> Path:

@@ -22,6 +22,7 @@ from . import draws
 from .checkpoint import load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema
 from .lr import learning_rate
+from .monitor import KidMonitor
 from .network import build_for_recipe
 from .outputs import RunOutputs
 from .signals import StopRequest
@@ -85,6 +86,7 @@ class Trainer:
         self.total = total_images(recipe, self.global_batch)
         self.clock = Clock()
         self.stream = None
+        self.kid = None  # KidMonitor, built on first use (main process only)
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -221,6 +223,11 @@ class Trainer:
             bar.update(1)
             if r.samples.every_steps and step % r.samples.every_steps == 0 and step < total_steps:
                 self.out.sample_grid(self.ema, self.schedule, self.meta, step)
+                acc.wait_for_everyone()
+            if r.eval.kid_every_steps and step % r.eval.kid_every_steps == 0:
+                if acc.is_main_process:
+                    self.kid = self.kid or KidMonitor(r, self.data, acc.device)
+                    self.out.log_eval(self.kid(self.ema, self.schedule, self.meta), step)
                 acc.wait_for_everyone()
             if step % r.checkpoint.every_steps == 0 and step < total_steps:
                 self.save()

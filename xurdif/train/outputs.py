@@ -40,6 +40,12 @@ class RunOutputs:
                 self.writer.add_scalar(f"loss/{k}", v, step)
         self.writer.flush()
 
+    def log_eval(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"eval/{k}", v, step)
+            self.writer.flush()
+
     @torch.no_grad()
     def sample_grid(self, ema: torch.nn.Module, schedule: Schedule, meta: ModelMeta, step: int) -> Path | None:
         """A fixed-seed grid from the EMA weights, so grids are comparable over time."""

@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, over in variants.items():
         run_dir = args.out / name
-        entry = {"name": name, "overrides": args.set + over}
+        # Scores of the raw weights get their own files beside the EMA ones.
+        tag = name if args.weights == "ema" else f"{name}-{args.weights}"
+        entry = {"name": tag, "overrides": args.set + over}
         try:
             if args.reuse and (run_dir / "model.safetensors").is_file():
                 prev = args.out / f"{name}.json"
@@ -273,21 +275,22 @@ def main(argv: list[str] | None = None) -> int:
                                                        "images_seen", "command")})
             else:
                 entry.update(train(args, name, over, run_dir))
-            entry.update(score(args, name, run_dir, real, real_feats, extractor))
+            entry.update(score(args, tag, run_dir, real, real_feats, extractor))
         except Exception as e:  # keep going: one broken variant should not lose the grid
             entry["error"] = f"{type(e).__name__}: {e}"
             print(f"[{name}] FAILED: {entry['error']}", file=sys.stderr, flush=True)
         entry.update({"minutes": args.minutes, "size": args.size, "recipe": args.recipe, "data": args.data,
                       "sampler": args.sampler, "sampler_steps": args.steps, "weights": args.weights,
                       "seed": args.seed})
-        (args.out / f"{name}.json").write_text(json.dumps(entry, indent=1))
+        (args.out / f"{tag}.json").write_text(json.dumps(entry, indent=1))
         results.append(entry)
         if "error" not in entry:
-            print(f"[{name}] images {entry['images_seen']} in {entry['train_seconds']} s; FID {entry['fid']:.2f}, "
+            print(f"[{tag}] images {entry['images_seen']} in {entry['train_seconds']} s; FID {entry['fid']:.2f}, "
                   f"KID x1e3 {entry['kid_x1e3']:.2f} ± {entry['kid_std_x1e3']:.2f}, "
                   f"SWD x1e3 {entry['swd_x1e3']['mean']:.2f}, memorised {entry['memorised_fraction'] * 100:.1f} %",
                   flush=True)
-    summary = args.out / ("grid.json" if args.grid else f"{args.name}-summary.json")
+    suffix = "" if args.weights == "ema" else f"-{args.weights}"
+    summary = args.out / (f"grid{suffix}.json" if args.grid else f"{args.name}{suffix}-summary.json")
     summary.write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=1))
     print()
     print(table(results))

@@ -5,8 +5,12 @@ forward, MSE on eps, backward, AdamW). The machine is shared, so the two models 
 measured in interleaved rounds and the ratio is taken per round: load from other
 processes hits both halves of a round about equally.
 
-    .venv/bin/python bench/train_speed.py [--rounds 6] [--steps 4] [--threads 2]
+    .venv/bin/python bench/train_speed.py [--rounds 6] [--steps 3] [--threads 2]
+        [--formats nchw channels_last] [--clock wall|cpu]
 
+xurdif's own network (tinyunet_with_attention3, 3.76 M, 2.15 GFLOP per 64 px image)
+runs in the same rounds as a yardstick: on this machine, idle, it trains at about
+10.9 images/s, so ours/xurdif x 10.9 estimates our idle speed from a noisy run.
 diffusers is a bench-only extra (pip install diffusers).
 """
 from __future__ import annotations
@@ -80,14 +84,15 @@ def make_trainer(model: nn.Module, batch: int, size: int, seed: int = 0) -> Call
     return step
 
 
-def time_steps(step: Callable[[], float], steps: int, batch: int) -> float:
-    start = time.perf_counter()
+def time_steps(step: Callable[[], float], steps: int, batch: int, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(steps):
         step()
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / (clock() - start)
 
 
-def compare(models: dict[str, nn.Module], rounds: int, steps: int, batch: int, size: int) -> dict:
+def compare(models: dict[str, nn.Module], rounds: int, steps: int, batch: int, size: int,
+            clock: Callable[[], float] = time.perf_counter) -> dict:
     """Images/s per model in interleaved rounds (after one warm-up step each)."""
     trainers = {name: make_trainer(m.train(), batch, size) for name, m in models.items()}
     for step in trainers.values():
@@ -97,7 +102,7 @@ def compare(models: dict[str, nn.Module], rounds: int, steps: int, batch: int, s
         # Alternate the order so neither model always runs first in a round.
         names = list(trainers) if r % 2 == 0 else list(reversed(trainers))
         for name in names:
-            speeds[name].append(time_steps(trainers[name], steps, batch))
+            speeds[name].append(time_steps(trainers[name], steps, batch, clock))
     return speeds
 
 
@@ -141,7 +146,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", default="small")
-    p.add_argument("--formats", nargs="+", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
+    p.add_argument("--formats", nargs="+", default=["nchw"], choices=["nchw", "channels_last"])
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: images per CPU-second of this process; with --threads 1 it is "
+                        "nearly blind to other processes, so it ranks designs on a busy machine")
     p.add_argument("--no-reference", action="store_true", help="skip xurdif's legacy network")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -149,12 +157,13 @@ def main() -> None:
     models = build_models(args.preset, args.formats, not args.no_reference)
     info = {n: (sum(q.numel() for q in m.parameters()) / 1e6, gflops_per_image(m, args.size))
             for n, m in models.items()}
-    speeds = compare(models, args.rounds, args.steps, args.batch, args.size)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    speeds = compare(models, args.rounds, args.steps, args.batch, args.size, clock)
     # Per round, each network's best memory format: that is what a user would run.
     best = {who: [max(speeds[n][r] for n in speeds if n.startswith(who)) for r in range(args.rounds)]
             for who in ("xurdif_unet", "diffusers", "xurdif tinyunet")}
 
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.size} px, "
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.clock} clock, batch {args.batch}, {args.size} px, "
           f"{args.rounds} interleaved rounds x {args.steps} steps per model")
     print("| model (memory format) | params (M) | GFLOP/img fwd | images/s median | min..max | vs peer |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -305,3 +305,27 @@ def test_command_line_tool_help(monkeypatch, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--trust-pickle" in out and "tinyunet_with_attention3, unet2" in out
+
+
+def test_recipe_fine_tunes_an_imported_model(tiny, tmp_path):
+    from xurdif.train.cli import main as launch_main
+    from xurdif.weights import load_state, read_meta
+
+    net, ema = tiny
+    legacy = run_import(tmp_path, legacy_checkpoint(net, ema, "tinyunet_with_attention3", pred="x0"))
+    out = tmp_path / "run"
+    recipe = str(ROOT / "tests" / "recipes" / "fixture.yaml")
+    common = [recipe, f"train.output_dir={out}", f"model.init_from={legacy}", "samples.n=1", "samples.steps=1",
+              "log.tensorboard=false", "train.steps=2"]
+    # lr 0: the run must start from (and keep) the imported EMA weights, in the legacy range.
+    assert launch_main([*common, "optim.lr=0"]) == 0
+    meta = read_meta(out / "model.safetensors")
+    assert meta.architecture == "tinyunet_with_attention3" and meta.prediction == "x0"
+    assert meta.value_range == (-0.5, 0.5) and meta.schedule == read_meta(legacy).schedule
+    assert meta.source == f"fine-tuned from {legacy}"
+    trained, imported = load_state(out / "model.safetensors", "model"), load_state(legacy, "ema")
+    assert all(torch.equal(trained[k], imported[k]) for k in imported)
+    # A real fine-tune moves the weights.
+    assert launch_main([*common, "optim.lr=1e-3", f"train.output_dir={tmp_path / 'ft'}"]) == 0
+    moved = load_state(tmp_path / "ft" / "model.safetensors", "model")
+    assert any(not torch.equal(moved[k], imported[k]) for k in imported)

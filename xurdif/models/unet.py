@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 PRESETS: dict[str, dict] = {
-    # 0.6 GFLOP per 64 px image: learns emoji shapes on 2 CPU cores in minutes.
-    "tiny": {"base_width": 24, "mults": [1, 2, 2, 2], "blocks_per_level": 1},
-    # 2.2 GFLOP per 64 px image, the cost of xurdif's own 3.76 M network. Narrow at
-    # full resolution, wide below: on CPU, convs with many channels run at a higher
-    # fraction of peak than wide-image, few-channel ones.
-    "small": {"base_width": 40, "mults": [1, 2, 3, 4], "blocks_per_level": 1},
-    # GPU sizes.
+    # CPU sizes fold 2x2 pixels into channels first (patch_size 2): convs with many
+    # channels at half resolution train ~1.25x faster per FLOP on CPU than narrow
+    # full-resolution ones (bench/train_speed.py, docs/benchmarks.md).
+    # 0.59 GFLOP per 64 px image: learns emoji shapes on 2 CPU cores in minutes.
+    "tiny": {"base_width": 48, "mults": [1, 2, 2, 2], "blocks_per_level": 1, "patch_size": 2},
+    # 2.08 GFLOP per 64 px image, the cost of xurdif's own 3.76 M network.
+    "small": {"base_width": 88, "mults": [1, 2, 2, 3], "blocks_per_level": 1, "patch_size": 2},
+    # GPU sizes: full-resolution convs, two blocks per level.
     "base": {"base_width": 96, "mults": [1, 2, 2, 4], "blocks_per_level": 2},
     "large": {"base_width": 128, "mults": [1, 2, 2, 4, 4], "blocks_per_level": 2},
 }
@@ -120,7 +121,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(base_width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU()
         )
-        widths = [base_width * m for m in mults]
+        widths = [int(base_width * m) for m in mults]
         self.stem = nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:

@@ -21,9 +21,10 @@ def tiny_net(**overrides) -> UNet:
     return net
 
 
+@pytest.mark.parametrize("patch", [1, 2])
 @pytest.mark.parametrize("h,w", [(16, 16), (37, 50), (24, 40), (1, 3), (9, 4)])
-def test_output_shape_matches_input(h, w):
-    net = tiny_net().eval()
+def test_output_shape_matches_input(h, w, patch):
+    net = tiny_net(patch_size=patch).eval()
     x = torch.randn(2, 3, h, w)
     with torch.no_grad():
         out = net(x, torch.tensor([3, 900]))
@@ -31,10 +32,11 @@ def test_output_shape_matches_input(h, w):
     assert torch.isfinite(out).all()
 
 
-def test_odd_size_crops_the_padded_result():
+@pytest.mark.parametrize("patch", [1, 2])
+def test_odd_size_crops_the_padded_result(patch):
     # The crop must keep the top-left region that holds the real image: a replicate-
     # padded 16x16 input cropped back must match the network run on the full 16x16.
-    net = tiny_net().eval()
+    net = tiny_net(patch_size=patch).eval()
     x = torch.randn(1, 3, 13, 15)
     padded = torch.nn.functional.pad(x, (0, 1, 0, 3), mode="replicate")
     t = torch.tensor([42])
@@ -48,8 +50,9 @@ def test_in_and_out_channels():
         assert net(torch.randn(3, 1, 8, 12), torch.zeros(3, dtype=torch.long)).shape == (3, 2, 8, 12)
 
 
-def test_gradients_reach_every_parameter():
-    net = tiny_net(attn_levels=[0, 1, 2], blocks_per_level=2)
+@pytest.mark.parametrize("patch", [1, 2])
+def test_gradients_reach_every_parameter(patch):
+    net = tiny_net(attn_levels=[0, 1, 2], blocks_per_level=2, patch_size=patch)
     net(torch.randn(2, 3, 12, 20), torch.tensor([5, 500])).square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
@@ -123,13 +126,27 @@ def test_bad_attention_level_is_rejected():
         UNet(**{**TINY, "attn_levels": [3]})
 
 
+def test_attention_heads_split_channels_evenly():
+    # 24 channels with head_dim 10 -> 2 heads; 44 with head_dim 32 -> 1 head; 176 -> 4.
+    net = UNet(base_width=24, mults=[1, 2], head_dim=10, norm_groups=4, attn_levels=[0])
+    assert net.down_attn[0].heads == 2
+    for ch, heads in [(44, 1), (176, 4)]:
+        assert UNet(base_width=ch, mults=[1], head_dim=32, norm_groups=4).down_attn[0].heads == heads
+
+
+def test_patch_size_folds_pixels_into_channels():
+    net = UNet(**{**TINY, "patch_size": 2})
+    assert net.stem.in_channels == 12 and net.out.out_channels == 12
+    assert net.factor == 8  # 2x2 patches, then two halvings
+
+
 def test_default_attention_at_two_lowest_resolutions():
     net = UNet(base_width=8, mults=[1, 2, 2, 2], norm_groups=4, head_dim=8)
     assert net.attn_levels == [2, 3]
 
 
 @pytest.mark.parametrize("preset,low,high", [
-    ("tiny", 0.3, 2.0), ("small", 2.5, 6.0), ("base", 20, 40), ("large", 80, 120),
+    ("tiny", 1.0, 4.0), ("small", 8.0, 15.0), ("base", 20, 40), ("large", 80, 120),
 ])
 def test_presets_build_with_expected_size(preset, low, high):
     net = build_network("xurdif_unet", unet_config(preset))

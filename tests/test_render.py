@@ -274,3 +274,33 @@ def test_ctrl_c_finishes_the_batch_and_stops_cleanly(model_file, tmp_path):
     n = len(images(tmp_path / "o"))
     assert n % 3 == 0 and 3 <= n < 12 and len(manifest(tmp_path / "o")) == n
     assert not list((tmp_path / "o").glob("**/*.tmp"))
+
+
+def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_path, capsys):
+    import open_clip
+
+    arch = "xurdif-render-tiny-clip"
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / f"{arch}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{arch}.json")
+    (tmp_path / "jobs.yaml").write_text(
+        "defaults: {steps: 3, n: 1, seed: 5}\n"
+        "jobs:\n"
+        "  - {prompt: a plain face}\n"
+        f"  - {{prompt: a guided face, guidance: {{clip_model: {arch}, clip_weights: none, cutouts: 2}}}}\n"
+        f"  - {{prompt: no weights, guidance: {{clip_model: {arch}, clip_weights: {tmp_path}/missing.pt}}}}\n"
+        "  - {prompt: bad key, guidance: {sclae: 2}}\n")
+    out = tmp_path / "out"
+    rc = main([str(model_file), str(tmp_path / "jobs.yaml"), "-o", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"{tmp_path}/missing.pt" in err and "sclae" in err and "scale" in err
+    recs = {r["prompt"]: r for r in manifest(out)}
+    assert set(recs) == {"a plain face", "a guided face"}
+    assert "guidance" not in recs["a plain face"]["params"] or not recs["a plain face"]["params"]["guidance"]
+    guides = recs["a guided face"]["params"]["guidance"]
+    assert json.dumps(guides).count("a guided face") >= 1  # the prompt is the CLIP text
+    with Image.open(out / recs["a guided face"]["file"]) as im:
+        assert "a guided face" in im.text["parameters"] or "a guided face" in json.dumps(im.text)

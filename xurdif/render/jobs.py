@@ -11,7 +11,7 @@ YAML job file (full control):
     presets: {mine: "contrast:1.2,grain:0.02"}   # postprocessing presets
     jobs:
       - a plain prompt
-      - {prompt: a red fox, n: 4, post: mine, guidance: {clip_scale: 0.5}}
+      - {prompt: a red fox, n: 4, post: mine, guidance: {clip_weights: clip.safetensors, scale: 0.05}}
 
 Precedence: Job defaults < YAML `defaults:` < command-line flags < the job's own
 options. A job's index (used in output names and derived seeds) is its

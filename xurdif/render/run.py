@@ -49,10 +49,15 @@ def load_denoiser(path: str | Path, weights: str = "ema", device: str | torch.de
     return den, meta
 
 
-def make_denoiser(base_denoiser: Callable, job: Job) -> Callable:
-    """The hook for guidance: wrap the base denoiser according to `job.guidance`
-    (the job's prompt is the default CLIP text). Without guidance: unchanged."""
-    return base_denoiser
+def make_denoiser(base_denoiser: Callable, job: Job, device, clip_cache: dict) -> Callable:
+    """Wrap the base denoiser according to `job.guidance` (the job's prompt is the
+    default CLIP text). A job without a `guidance:` section renders unguided: the
+    models are unconditional, and CLIP weights must be configured to be used."""
+    if not job.guidance:
+        return base_denoiser
+    from ..guidance import build_guided_denoiser
+
+    return build_guided_denoiser(base_denoiser, job.guidance, job.prompt, device, cache=clip_cache)
 
 
 @dataclass
@@ -104,6 +109,10 @@ def load_init(job: Job, size: tuple[int, int] | None, default_side: int, stride:
 
 def params_record(job: Job, task: Task, model_path: Path, sha: str, weights: str) -> dict:
     params = {**job.options(), "size": list(task.size), "model": str(model_path), "weights": weights}
+    if job.guidance:
+        from ..guidance import describe_guidance
+
+        params["guidance"] = describe_guidance(job.guidance, job.prompt)
     return {"file": task.rel, "index": job.index, "k": task.k, "prompt": job.prompt,
             "seed": task.seed, "model_sha256": sha, "params": params}
 
@@ -149,6 +158,7 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
     out_dir = Path(out_dir)
     done = outputs.reconcile(out_dir)
     result = Result()
+    clip_cache: dict = {}  # CLIP models loaded once for all guided jobs
     stride = int(getattr(den.net, "factor", 8))
     mh, mw = (meta.image_size[0], meta.image_size[1])  # ModelMeta stores (H, W); square in practice
     default_side = max(mh, mw)
@@ -159,6 +169,10 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
     for job in jobs:
         try:
             size = job.size
+            if job.guidance:  # bad guidance options fail this job now, not mid-run
+                from ..guidance import describe_guidance
+
+                describe_guidance(job.guidance, job.prompt)
             if job.init:
                 inits[job.index], size = load_init(job, size, default_side, stride)
             size = size or (mw, mh)
@@ -191,7 +205,7 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
                 break
             try:
                 with autocast:
-                    imgs = _render_batch(den, batch, inits, presets, device)
+                    imgs = _render_batch(den, batch, inits, presets, device, clip_cache)
             except (JobError, ValueError, RuntimeError) as e:
                 result.failures.append(f"{batch[0].job.where}: {e}")
                 continue
@@ -216,14 +230,14 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
 
 
 def _render_batch(den: Denoiser, batch: list[Task], inits: dict[int, torch.Tensor],
-                  presets: dict[str, str] | None, device) -> torch.Tensor:
+                  presets: dict[str, str] | None, device, clip_cache: dict) -> torch.Tensor:
     job = batch[0].job
     w, h = batch[0].size
     gens = [torch.Generator().manual_seed(t.seed) for t in batch]
     init = None
     if job.init:
         init = den.to_model(torch.stack([inits[t.job.index] for t in batch]))
-    x0 = sample(make_denoiser(den, job), (len(batch), 3, h, w), job.sampler, job.steps,
+    x0 = sample(make_denoiser(den, job, device, clip_cache), (len(batch), 3, h, w), job.sampler, job.steps,
                 generator=gens, init=init, strength=job.strength if init is not None else 1.0,
                 noise_mult=job.noise_mult, device=device,
                 **({"eta": job.eta} if job.sampler == "ddim" else {}))

@@ -267,3 +267,29 @@ def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys
     assert again["feature_cache_hit"] is True
     assert Path(report["feature_cache"]).stat().st_mtime_ns == cache_mtime
     assert again["fid"] == pytest.approx(report["fid"], rel=1e-9)
+
+
+def test_cli_samples_a_model_then_scores_it(tmp_path, capsys):
+    from xurdif.models.unet import UNet, unet_config
+    from xurdif.weights import ModelMeta, save_model_file
+
+    cfg = unet_config("tiny", base_width=8, mults=[1, 2])
+    torch.manual_seed(0)
+    state = UNet(**cfg).state_dict()
+    model = tmp_path / "m.safetensors"
+    save_model_file(model, ModelMeta("xurdif_unet", cfg, image_size=(16, 16)), state,
+                    {k: v.clone() for k, v in state.items()})
+    real = copy_images(sorted(p.name for p in FIXTURE.glob("*.png"))[:6], tmp_path / "real")
+    args = ["--real", str(real), "--model", str(model), "--samples", "3", "--steps", "2", "--kid-subsets", "5",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    samples = tmp_path / "m-samples-3"
+    assert sorted(p.name for p in samples.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    report = json.loads((tmp_path / "m-samples-3-eval.json").read_text())
+    assert report["fake_images"] == 3 and report["fid"] > 0
+    # A second run keeps the samples (resumable) and scores the same images.
+    before = (samples / "00001.png").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (samples / "00001.png").stat().st_mtime_ns == before
+    assert main(["--real", str(real)]) == 2
+    assert "give --fake FOLDER or --model MODEL" in capsys.readouterr().err

@@ -27,10 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "whose nearest training image is closer than 1/3 of the second nearest, "
                     f"in {MEMORISATION_SPACE}). Prints a table and writes a JSON report and a "
                     "PNG of the most memorised samples beside their nearest training images.",
-        epilog="Example: tools/evaluate.py --real data/emoji-smileys-64 --fake out/samples")
+        epilog="Examples:\n  tools/evaluate.py --real data/emoji-smileys-64 --fake out/samples\n"
+               "  tools/evaluate.py --real data/emoji-smileys-64 --model runs/demo --samples 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", required=True, type=Path,
                         help="folder of training images (searched recursively; hidden folders skipped)")
-    parser.add_argument("--fake", required=True, type=Path, help="folder of generated images")
+    parser.add_argument("--fake", type=Path, default=None,
+                        help="folder of generated images (with --model: where the samples are written)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="instead of --fake: a run folder or .safetensors model to sample from")
+    parser.add_argument("--samples", type=int, default=500, help="with --model: how many samples (default 500)")
+    parser.add_argument("--sampler", default="dpmpp_2m", help="with --model: sampler (default dpmpp_2m)")
+    parser.add_argument("--steps", type=int, default=20, help="with --model: sampler steps (default 20)")
     parser.add_argument("--json", type=Path, default=None,
                         help="report path (default: FAKE-eval.json next to the fake folder)")
     parser.add_argument("--picture", type=Path, default=None,
@@ -61,7 +69,39 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int, device) -> None:
+    """Sample `count` images into `out` (image i from seed i); finished ones are kept,
+    so an interrupted evaluation resumes."""
+    import torch
+    from torchvision.utils import save_image
+    from tqdm import tqdm
+
+    from ..diffusion.samplers import sample
+    from ..render.run import load_denoiser
+
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(count) if not (out / f"{i:05d}.png").exists()]
+    if not todo:
+        return
+    den, meta = load_denoiser(model, "ema", device or "cpu")
+    h, w = meta.image_size
+    for chunk in tqdm([todo[i:i + 16] for i in range(0, len(todo), 16)], desc="sampling", unit="batch"):
+        gens = [torch.Generator().manual_seed(i) for i in chunk]
+        x0 = sample(den, (len(chunk), 3, h, w), sampler, steps, generator=gens, device=device or "cpu")
+        for i, img in zip(chunk, den.to_image(x0.float()).cpu()):
+            tmp = out / f"{i:05d}.png.tmp"  # not an image name: never counted if left behind
+            save_image(img, tmp, format="png")
+            os.replace(tmp, out / f"{i:05d}.png")
+
+
 def run(args: argparse.Namespace) -> dict:
+    if args.model is None and args.fake is None:
+        raise EvaluateError("give --fake FOLDER or --model MODEL (with --samples N)")
+    if args.model is not None:
+        if not args.model.exists():
+            raise EvaluateError(f"{args.model}: model not found (give a run folder or a .safetensors file)")
+        args.fake = args.fake or args.model.with_name(f"{args.model.stem}-samples-{args.samples}")
+        render_samples(args.model, args.fake, args.samples, args.sampler, args.steps, args.device)
     real_paths, fake_paths = list_images(args.real), list_images(args.fake)
     real = load_images(real_paths)
     fake = load_images(fake_paths)

@@ -118,14 +118,19 @@ def train(args, name: str, overrides: list[str], run_dir: Path) -> dict:
     if proc.returncode != 0 or not (run_dir / "model.safetensors").is_file():
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"[{name}] training failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    return {"train_seconds": round(seconds, 1), "stopped_by_budget": stopped, **checkpoint_state(run_dir),
+            "log": str(log_path), "command": " ".join(["python", "launch.py", *cmd[2:]])}
+
+
+def checkpoint_state(run_dir: Path) -> dict:
+    """Step and images seen of a run's last checkpoint."""
     from xurdif.train.checkpoint import latest_checkpoint
-    state = {}
+
     ckpt = latest_checkpoint(run_dir)
+    state = {}
     if ckpt is not None and (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
-    return {"train_seconds": round(seconds, 1), "stopped_by_budget": stopped,
-            "step": state.get("step"), "images_seen": state.get("images_seen"), "log": str(log_path),
-            "command": " ".join(["python", "launch.py", *cmd[2:]])}
+    return {"step": state.get("step"), "images_seen": state.get("images_seen")}
 
 
 # ----------------------------------------------------------------- sampling and scoring
@@ -214,7 +219,7 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['name']} | {' '.join(r['overrides']) or '—'} | failed: {r['error'][:60]} |||||||")
             continue
         lines.append(
-            f"| {r['name']} | {' '.join(r['overrides']) or '—'} | {r['images_seen'] or '?':,} | {r['train_seconds']:.0f} "
+            f"| {r['name']} | {' '.join(r['overrides']) or '—'} | {r['images_seen'] or 0:,} | {r['train_seconds'] or 0:.0f} "
             f"| {r['fid']:.1f} | {r['kid_x1e3']:.1f} ± {r['kid_std_x1e3']:.1f} | {r['swd_x1e3']['mean']:.1f} "
             f"| {r['memorised_count']}/{r['samples']} ({r['memorised_fraction'] * 100:.1f} %) "
             f"| {r['median_nn_ratio']:.2f} |")
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 info = json.loads(prev.read_text()) if prev.is_file() else {}
                 entry.update({k: info.get(k) for k in ("train_seconds", "stopped_by_budget", "step",
                                                        "images_seen", "command")})
+                if entry.get("images_seen") is None:  # no earlier report: the last checkpoint knows
+                    entry.update(checkpoint_state(run_dir))
             else:
                 entry.update(train(args, name, over, run_dir))
             if real is None:

@@ -39,7 +39,7 @@ def indexed_batches(ds, batch: int, seed: int = 0) -> Iterator[torch.Tensor]:
 def rate(batches: Iterator[torch.Tensor], images: int) -> tuple[float, float]:
     """(seconds to the first batch, images/s after it)."""
     t0 = time.perf_counter()
-    first = next(batches)
+    next(batches)
     t1 = time.perf_counter()
     n = 0
     while n < images:
@@ -58,8 +58,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"| source | size | open (s) | first batch (s) | images/s |")
-    print(f"|---|---|---|---|---|")
+    print("| source | size | open (s) | first batch (s) | images/s |")
+    print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         import datasets
 

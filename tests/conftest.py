@@ -24,3 +24,15 @@ def fixture_dir() -> Path:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # The test networks are tiny: a second OpenMP thread mostly spins, and on a
+    # shared machine it made convolutions 4-25x slower. Subprocesses are unaffected.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -23,16 +23,6 @@ from xurdif.evaluate.swd import _pyr_up, laplacian_pyramid
 FIXTURE = Path(__file__).parent / "fixtures" / "emoji-faces-32"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's 2 cores are shared: a second OpenMP thread mostly spins
-    # waiting for the first, which made these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def extractor():
     return InceptionFeatures(device="cpu", batch_size=32)

@@ -1,7 +1,6 @@
 """Faults during training: non-finite steps, failed saves, foreign checkpoints."""
 from pathlib import Path
 
-import pytest
 import torch
 
 from xurdif.train import checkpoint as C

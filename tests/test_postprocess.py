@@ -7,16 +7,6 @@ import torch
 from xurdif.postprocess import OPS, parse_chain, postprocess
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared: one thread avoids OpenMP oversubscription,
-    # which makes tiny convolutions 10-20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def img(seed: int = 0, n: int = 2, size: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # A smooth gradient plus mild texture: something like a picture.

@@ -1,7 +1,6 @@
 """Batch rendering: job parsing, output safety, metadata, resume and kill -9."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -23,16 +22,6 @@ from xurdif.render.run import render
 from xurdif.weights import ModelMeta, save_model_file
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared: one thread avoids OpenMP oversubscription,
-    # which makes tiny convolutions 10-20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

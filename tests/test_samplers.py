@@ -17,16 +17,6 @@ from xurdif.diffusion.schedule import make_schedule
 SHAPE = (3, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine's cores are shared: one thread avoids OpenMP oversubscription,
-    # which makes tiny convolutions 10-20x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class GaussianOracle:
     """Exact E[x0 | x_t] for x0 ~ N(mu, s²) independently per pixel."""
 

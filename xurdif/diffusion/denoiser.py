@@ -16,6 +16,10 @@ class Denoiser:
     schedule: Schedule
     prediction: str
     value_range: tuple[float, float] = (-1.0, 1.0)
+    # Clip x0 to the value range, as DDPM/DDIM samplers do: at the noisiest steps
+    # (ᾱ ≈ 1e-9 with the cosine schedule) an eps model's x0 is its eps error / sqrt(ᾱ),
+    # and an unclipped estimate that far outside the data saturates the whole render.
+    clip: bool = True
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted x0. `t` is an integer timestep tensor of shape [N] (or a scalar)."""
@@ -23,7 +27,8 @@ class Denoiser:
             t = t.expand(x_t.shape[0])
         ab = self.schedule.ab(t).view(-1, 1, 1, 1)
         out = self.net(x_t, t).float()
-        return P.to_x0(self.prediction, out, x_t, ab)
+        x0 = P.to_x0(self.prediction, out, x_t, ab)
+        return x0.clamp(*self.value_range) if self.clip else x0
 
     # Images are [0, 1] everywhere outside the model; the model sees its own range
     # (ours [-1, 1], urdiffusion/xurdif [-0.5, 0.5]).

@@ -8,7 +8,6 @@ uninterrupted run rendered, so every pixel is the same.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import signal
 import threading

@@ -1,0 +1,161 @@
+"""The recipe schema: typed dataclasses are the single source of truth for every
+setting, its default, its allowed range and its one-line explanation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+
+def opt(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
+    """A field with a default, an allowed range and a one-line explanation."""
+    md = {"min": min, "max": max, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    source: Literal["folder", "hf", "shards"] = opt("folder", doc="where images come from")
+    path: str = opt("", doc="image folder (source: folder), relative to the working directory")
+    size: int = opt(64, min=8, max=4096, doc="training resolution in pixels (square)")
+    crop: Literal["center", "random"] = opt("center", doc="crop after the aspect-preserving resize")
+    hflip: bool = opt(False, doc="random horizontal flip")
+    background: str = opt("#ffffff", doc="colour transparent pixels are composited on")
+    max_image_pixels: int = opt(89_478_485, min=1, doc="larger images are skipped (decompression bombs)")
+    cache_max_images: int = opt(20000, min=0, doc="decode at most this many images once into memory")
+    hf_dataset: str = opt("", doc="source: hf — a saved dataset folder, an imagefolder or a cached hub name")
+    hf_split: str = opt("train", doc="source: hf — the split to read")
+    image_column: str = opt("image", doc="source: hf — the column holding images")
+    shards: str = opt("", doc="source: shards — tar paths or brace pattern, e.g. data/s-{000..009}.tar")
+    shuffle_buffer: int = opt(1000, min=0, doc="source: shards — shuffle buffer size")
+    allow_pipe: bool = opt(False, doc="source: shards — allow pipe: URLs (runs a shell command)")
+    allow_pickle: bool = opt(False, doc="source: shards — allow pickled members (can run code)")
+    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (streamed sources)")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    preset: Literal["tiny", "small", "base", "large"] = opt("small", doc="U-Net size preset")
+    base_width: Optional[int] = opt(None, min=8, doc="channels at full resolution (overrides preset)")
+    mults: Optional[list[int]] = opt(None, doc="channel multiplier per level (overrides preset)")
+    blocks_per_level: Optional[int] = opt(None, min=1, max=8, doc="residual blocks per level")
+    attn_levels: Optional[list[int]] = opt(None, doc="levels with self-attention (default: lowest two)")
+    head_dim: Optional[int] = opt(None, min=8, doc="attention head width")
+    dropout: float = opt(0.0, min=0.0, max=0.9, doc="dropout in residual blocks")
+    init_from: str = opt("", doc="start from the weights of a model file (.safetensors), e.g. an import")
+
+
+@dataclass(frozen=True)
+class DiffusionCfg:
+    schedule: Literal["cosine", "linear"] = opt("cosine", doc="noise schedule")
+    timesteps: int = opt(1000, min=10, max=100000, doc="number of discrete timesteps T")
+    prediction: Literal["eps", "x0", "v"] = opt("eps", doc="what the network predicts")
+
+
+@dataclass(frozen=True)
+class LossCfg:
+    l2: float = opt(1.0, min=0.0, doc="weight of mean squared error")
+    l1: float = opt(0.0, min=0.0, doc="weight of mean absolute error")
+    edge_l1: float = opt(0.0, min=0.0, doc="weight of edge-weighted L1 on the clean image")
+    ssim: float = opt(0.0, min=0.0, doc="weight of 1 - SSIM on the clean image")
+    ms_ssim: float = opt(0.0, min=0.0, doc="weight of 1 - MS-SSIM (needs size >= 161)")
+    space: Literal["target", "x0"] = opt("target", doc="l1/l2 on the network's target or on the clean image")
+    edge_threshold: float = opt(0.08, min=0.0, doc="Sobel magnitude (on [0,1] grey) that counts as edge")
+    edge_weight: float = opt(4.0, min=0.0, doc="extra weight on edge pixels: 1 + edge_weight")
+    min_snr_gamma: Optional[float] = opt(None, min=0.0, doc="min-SNR-gamma loss weighting (e.g. 5)")
+
+
+@dataclass(frozen=True)
+class OptimCfg:
+    lr: float = opt(2e-4, min=0.0, max=1.0, doc="peak learning rate")
+    betas: list[float] = opt([0.9, 0.99], doc="AdamW betas")
+    eps: float = opt(1e-8, min=0.0, doc="AdamW epsilon")
+    weight_decay: float = opt(0.0, min=0.0, doc="AdamW weight decay")
+    grad_clip: float = opt(1.0, min=0.0, doc="clip gradient norm (0 = off)")
+    warmup_images: int = opt(0, min=0, doc="linear LR warmup length in images seen")
+    lr_schedule: Literal["constant", "cosine"] = opt("constant", doc="after warmup")
+    min_lr_ratio: float = opt(0.1, min=0.0, max=1.0, doc="cosine: final lr as a fraction of peak")
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    batch_size: int = opt(16, min=1, doc="images per process per micro-batch")
+    grad_accum: int = opt(1, min=1, doc="micro-batches per optimizer step")
+    images: Optional[int] = opt(None, min=1, doc="training length in images seen (or set steps)")
+    steps: Optional[int] = opt(None, min=1, doc="training length in optimizer steps (or set images)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", doc="autocast precision")
+    seed: int = opt(0, min=0, doc="every random draw derives from (seed, images seen)")
+    output_dir: str = opt("", doc="run folder (default runs/<recipe name>)")
+    max_nonfinite: int = opt(20, min=1, doc="stop after this many non-finite steps in a row")
+
+
+@dataclass(frozen=True)
+class EmaCfg:
+    kind: Literal["warmup", "power", "off"] = opt("warmup", doc="EMA decay rule")
+    decay: float = opt(0.999, min=0.0, max=1.0, doc="warmup: maximum decay")
+    warmup_power: float = opt(0.75, min=0.0, doc="warmup: decay = 1 - (1 + step)^-power, capped")
+    std: float = opt(0.05, min=0.001, max=0.28, doc="power: relative EMA length (EDM2 sigma_rel)")
+
+
+@dataclass(frozen=True)
+class CheckpointCfg:
+    every_steps: int = opt(1000, min=1, doc="save a checkpoint every N optimizer steps")
+    keep_last: int = opt(3, min=1, doc="keep this many newest checkpoints")
+    keep_every: int = opt(0, min=0, doc="also keep every N-th step as a milestone (0 = none)")
+
+
+@dataclass(frozen=True)
+class LogCfg:
+    every_steps: int = opt(10, min=1, doc="TensorBoard scalars every N steps")
+    tensorboard: bool = opt(True, doc="write TensorBoard logs into <run>/tb")
+
+
+@dataclass(frozen=True)
+class SamplesCfg:
+    every_steps: int = opt(500, min=0, doc="EMA sample grid every N steps (0 = only at the end)")
+    n: int = opt(16, min=1, max=256, doc="images in the grid")
+    steps: int = opt(50, min=1, max=1000, doc="sampler steps")
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = opt("dpmpp_2m", doc="sampler for the grid")
+    seed: int = opt(1234, min=0, doc="fixed noise seed, so grids are comparable over time")
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    kid_every_steps: int = opt(0, min=0, doc="in-training KID of EMA samples every N steps (0 = off)")
+    kid_samples: int = opt(64, min=8, max=10000, doc="EMA samples per KID measurement (bounds its cost)")
+    kid_steps: int = opt(20, min=1, max=1000, doc="sampler steps for those samples")
+    real_images: int = opt(1000, min=8, doc="training images the samples are compared with")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = opt("", doc="run name (default: the recipe file's stem)")
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    diffusion: DiffusionCfg = field(default_factory=DiffusionCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+    samples: SamplesCfg = field(default_factory=SamplesCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir or Path("runs") / self.name)
+
+    @property
+    def global_batch_per_process(self) -> int:
+        return self.train.batch_size * self.train.grad_accum
+
+
+class RecipeError(ValueError):
+    """All problems of a recipe, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))

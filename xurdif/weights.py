@@ -7,15 +7,14 @@ Tensors are stored as `ema.<param>` and `model.<param>`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from .atomic import atomic_write
 from .models import build_network
 
 FORMAT = "xurdif-model-1"
@@ -76,18 +75,8 @@ def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_st
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
     if ema_state is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta.to_metadata())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes(tensors, metadata=meta.to_metadata()))
 
 
 def read_meta(path: str | Path) -> ModelMeta:

@@ -41,8 +41,9 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
 
 
-def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Composite anything with transparency on the background; convert grey/CMYK/palette to RGB."""
+def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Composite anything with transparency on the background; convert grey/CMYK/palette to RGB.
+    Every picture xurdif reads (training data, init, guide and evaluation images) goes through it."""
     if im.mode == "P":
         # Palette images may carry transparency in their info dict; RGBA keeps it.
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -87,7 +88,7 @@ def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], 
                 if im.format in ("GIF", "MPO") or getattr(im, "n_frames", 1) > 1:
                     im.seek(0)  # first frame of an animation / multi-picture file
                 im.load()
-                im = resize_short_side(_to_rgb(im, background), size)
+                im = resize_short_side(to_rgb(im, background), size)
                 arr = np.array(im, dtype=np.uint8)  # a writable copy torch can own
     except BadImage:
         raise

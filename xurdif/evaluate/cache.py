@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from .images import list_images, load_images
 
 
@@ -48,16 +48,8 @@ def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> tuple[to
         except (OSError, ValueError):
             pass  # a torn or foreign file: recompute and overwrite it
     features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a crash never leaves a half-written entry under the real name.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, features.cpu().numpy(), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # a crash never leaves a torn entry under the real name
+        np.save(f, features.cpu().numpy(), allow_pickle=False)
     return features, False
 
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write
 from .cache import folder_features
 from .images import EvaluateError, list_images, load_images
 from .inception import InceptionFeatures
@@ -61,14 +60,6 @@ def default_json_path(fake: Path) -> Path:
     return fake.parent / f"{fake.name}-eval.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int, device) -> None:
     """Sample `count` images into `out` (image i from seed i); finished ones are kept,
     so an interrupted evaluation resumes."""
@@ -89,9 +80,8 @@ def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int,
         gens = [torch.Generator().manual_seed(i) for i in chunk]
         x0 = sample(den, (len(chunk), 3, h, w), sampler, steps, generator=gens, device=device or "cpu")
         for i, img in zip(chunk, den.to_image(x0.float()).cpu()):
-            tmp = out / f"{i:05d}.png.tmp"  # not an image name: never counted if left behind
-            save_image(img, tmp, format="png")
-            os.replace(tmp, out / f"{i:05d}.png")
+            with atomic_write(out / f"{i:05d}.png") as f:  # a kill never leaves a torn sample
+                save_image(img, f, format="png")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -125,7 +115,8 @@ def run(args: argparse.Namespace) -> dict:
     picture = np.ascontiguousarray(rows.permute(1, 2, 0).numpy())
     picture_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(picture_path)
-    _write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    with atomic_write(json_path) as f:
+        f.write((json.dumps(report, indent=1) + "\n").encode())
     print(format_table(report))
     print(f"report: {json_path}\nmemorisation picture: {picture_path}")
     return report

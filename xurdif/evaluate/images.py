@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.images import to_rgb
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -40,12 +42,8 @@ def list_images(folder: str | Path) -> list[Path]:
 def _read_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                # Transparent pixels become white, as emoji and sprites are drawn on white.
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, im).convert("RGB")
-            return im.convert("RGB")
+            # Transparent pixels become white, as in training (data.background's default).
+            return to_rgb(im)
     except OSError as e:
         raise EvaluateError(f"{path}: cannot read image ({e})") from e
 

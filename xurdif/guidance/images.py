@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.images import to_rgb
 from .config import GuidanceError
 
 
@@ -17,7 +18,7 @@ def load_image(path: str, key: str, grey: bool = False) -> torch.Tensor:
         raise GuidanceError(f"guidance.{key}: image file {path!r} does not exist")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+            arr = np.asarray(im.convert("L") if grey else to_rgb(im), dtype=np.float32) / 255.0
     except OSError as e:
         raise GuidanceError(f"guidance.{key}: cannot read image {path!r}: {e}") from None
     t = torch.from_numpy(arr.copy())

@@ -14,12 +14,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
+
+from ..atomic import atomic_write
 
 MANIFEST = "manifest.jsonl"
 CONTACT = "contact-sheet.png"
@@ -47,17 +48,6 @@ def safe_path(out_dir: Path, *parts: str) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[3, H, W] in [0, 1] -> H x W x 3 uint8."""
     return (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -67,18 +57,8 @@ def write_png_atomic(path: Path, pixels: np.ndarray, text: dict[str, str]) -> No
     info = PngImagePlugin.PngInfo()
     for k, v in text.items():
         info.add_itxt(k, v)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        Image.fromarray(pixels).save(f, format="PNG", pnginfo=info)
 
 
 def append_manifest(out_dir: Path, record: dict) -> None:
@@ -135,18 +115,9 @@ def reconcile(out_dir: Path) -> dict[str, dict]:
 
 
 def rewrite_manifest(out_dir: Path, records) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="." + MANIFEST, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_dir / MANIFEST)
-        _fsync_dir(out_dir)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(out_dir / MANIFEST, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
 def save_image(out_dir: Path, rel: str, img: torch.Tensor, record: dict) -> None:
@@ -205,12 +176,9 @@ def model_sha256(path: str | Path) -> str:
             h.update(chunk)
     digest = h.hexdigest()
     try:  # the cache is an optimisation: a read-only home must not stop a render
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache[key] = digest
-        fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(cache_path, "w") as f:
             json.dump(cache, f)
-        os.replace(tmp, cache_path)
     except OSError:
         pass
     return digest

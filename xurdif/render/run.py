@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.images import to_rgb
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import make_schedule
@@ -87,8 +88,7 @@ def load_init(job: Job, size: tuple[int, int] | None, default_side: int, stride:
     """
     try:
         with Image.open(job.init) as im:
-            im = im.convert("RGB")
-            im.load()
+            im = to_rgb(im)  # transparency on white, as in training
     except Exception as e:  # PIL raises many types for bad files
         raise JobError(f"{job.where}: cannot read init image {job.init}: {e}") from None
     w0, h0 = im.size

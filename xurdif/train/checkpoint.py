@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import fsync_path
+
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^step-(\d{7,})$")
 
@@ -31,14 +33,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -68,16 +62,16 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
         files = {}
         for f in sorted(tmp.iterdir()):
-            _fsync(f)
+            fsync_path(f)
             files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
         manifest = dict(state, files=files)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync(tmp / "manifest.json")
-        _fsync(tmp)
+        fsync_path(tmp / "manifest.json")
+        fsync_path(tmp)
         if final.exists():  # a stale checkpoint of the same step from an abandoned branch of the run
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(

@@ -140,7 +140,7 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         outputs = RunOutputs(recipe, recipe.run_dir, acc.is_main_process)
         trainer = Trainer(recipe, acc, outputs)
         if start is not None:
-            trainer.load(start)
+            trainer.load(start, verified=resume == "auto")  # latest_checkpoint already hashed it
             log.info("resumed from %s at step %d (%d images seen)", start, trainer.clock.step,
                      trainer.clock.images_seen)
         elif acc.is_main_process:

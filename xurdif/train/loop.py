@@ -19,7 +19,7 @@ from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
 from ..recipe import Recipe, recipe_hash
 from . import draws
-from .checkpoint import load_checkpoint, prune, save_checkpoint
+from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema
 from .lr import learning_rate
 from .monitor import KidMonitor
@@ -102,17 +102,15 @@ class Trainer:
         path = None
         if self.acc.is_main_process:
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
-            path = save_checkpoint(
-                self.out.run_dir, self.state(), self.acc.unwrap_model(self.net).state_dict(),
-                self.ema.state_dict(), self.opt.state_dict(), scaler,
-            )
-            self.out.export_model(self.meta, self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict())
+            model, ema = self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict()
+            path = save_checkpoint(self.out.run_dir, self.state(), model, ema, self.opt.state_dict(), scaler)
+            self.out.export_model(self.meta, model, ema)
             prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
         self.acc.wait_for_everyone()
         return path or self.out.run_dir / "checkpoints"
 
-    def load(self, path: Path) -> None:
-        ck = load_checkpoint(path)
+    def load(self, path: Path, verified: bool = False) -> None:
+        ck = load_checkpoint(path, verified)
         s = ck["state"]
         if s["global_batch"] != self.global_batch:
             raise ValueError(
@@ -234,7 +232,8 @@ class Trainer:
                 self.save()
                 saved_at = step
             if stop.requested(acc):
-                path = self.save()
+                # Just saved at this step (on schedule): nothing new to write.
+                path = self.save() if saved_at != step else checkpoint_dir(self.out.run_dir, step)
                 if acc.is_main_process:
                     tqdm.write(f"stopped at step {step}: checkpoint saved in {path}")
                 bar.close()

@@ -63,7 +63,29 @@ def test_length_is_required_and_exclusive(tmp_path):
     p = write(tmp_path, "t.yaml", "data: {path: x}\n")
     assert "train.images: set the training length" in problems(p)[0]
     p = write(tmp_path, "u.yaml", "data: {path: x}\ntrain: {images: 5, steps: 5}\n")
-    assert "train.steps: set train.images or train.steps, not both" in problems(p)[0]
+    assert problems(p) == [f"{p}: train.steps: set one of train.images, train.steps or train.time, "
+                           "not train.images and train.steps"]
+    p = write(tmp_path, "v.yaml", "data: {path: x}\ntrain: {steps: 5, time: 30m}\n")
+    assert problems(p) == [f"{p}: train.time: set one of train.images, train.steps or train.time, "
+                           "not train.steps and train.time"]
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("30m", 1800), ("8h", 28800), ("1h30m", 5400),
+                                          ("1h30m15s", 5415), ("2.5m", 150)])
+def test_time_budget_durations(tmp_path, text, seconds):
+    from xurdif.recipe.duration import parse_duration
+
+    assert parse_duration(text) == seconds
+    assert load_recipe(write(tmp_path, "t.yaml", f"data: {{path: x}}\ntrain: {{time: {text}}}\n")).train.time == text
+
+
+@pytest.mark.parametrize("text", ["30", "30x", "m30", "30m1h", "1h1h", "0s", ""])
+def test_bad_time_budget_is_one_line(tmp_path, text):
+    p = write(tmp_path, "t.yaml", f"data: {{path: x}}\ntrain: {{time: '{text}'}}\n")
+    msg = f"{p}: train.time: {text!r} is not a duration; expected e.g. 90s, 30m, 8h or 1h30m"
+    if text == "0s":
+        msg = f"{p}: train.time: '0s': the duration must be longer than 0"
+    assert problems(p) == [msg]
 
 
 def test_base_inheritance_and_overrides(tmp_path):

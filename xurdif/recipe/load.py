@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .duration import parse_duration
 from .schema import Recipe, RecipeError
 
 # ---------------------------------------------------------------- YAML merging
@@ -189,10 +190,17 @@ def _build(cls: type, data: Any, prefix: str, where: str, valid: list[str], prob
 
 
 def _check_consistency(r: Recipe, where: str, problems: list[str]) -> None:
-    if r.train.images is None and r.train.steps is None:
-        problems.append(f"{where}: train.images: set the training length (train.images or train.steps)")
-    if r.train.images is not None and r.train.steps is not None:
-        problems.append(f"{where}: train.steps: set train.images or train.steps, not both")
+    lengths = [k for k in ("images", "steps", "time") if getattr(r.train, k) is not None]
+    if not lengths:
+        problems.append(f"{where}: train.images: set the training length (train.images, train.steps or train.time)")
+    if len(lengths) > 1:
+        problems.append(f"{where}: train.{lengths[1]}: set one of train.images, train.steps or train.time, "
+                        f"not {' and '.join('train.' + k for k in lengths)}")
+    if r.train.time is not None:
+        try:
+            parse_duration(r.train.time)
+        except ValueError as e:
+            problems.append(f"{where}: train.time: {e}")
     if r.data.source == "folder" and not r.data.path:
         problems.append(f"{where}: data.path: required for data.source: folder")
     if r.data.source == "hf" and not r.data.hf_dataset:

@@ -85,6 +85,10 @@ class TrainCfg:
     grad_accum: int = opt(1, min=1, doc="micro-batches per optimizer step")
     images: Optional[int] = opt(None, min=1, doc="training length in images seen (or set steps)")
     steps: Optional[int] = opt(None, min=1, doc="training length in optimizer steps (or set images)")
+    time: Optional[str] = opt(None, doc="training length as a wall-clock budget: 90s, 30m, 8h, 1h30m; the "
+                              "length in images is fixed from the measured speed (or set images/steps)")
+    time_probe_steps: Optional[int] = opt(None, min=1, doc="train.time: measure speed over this many steps "
+                                          "(default: the first minute, at most a tenth of the budget)")
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", doc="autocast precision")
     seed: int = opt(0, min=0, doc="every random draw derives from (seed, images seen)")
     output_dir: str = opt("", doc="run folder (default runs/<recipe name>)")
@@ -97,6 +101,11 @@ class EmaCfg:
     decay: float = opt(0.999, min=0.0, max=1.0, doc="warmup: maximum decay")
     warmup_power: float = opt(0.75, min=0.0, doc="warmup: decay = 1 - (1 + step)^-power, capped")
     std: float = opt(0.05, min=0.001, max=0.28, doc="power: relative EMA length (EDM2 sigma_rel)")
+    posthoc_stds: list[float] = opt([], min=0.001, max=0.28, doc="post-hoc EMA: relative stds of the extra "
+                                    "power EMAs tracked for xurdif-ema, e.g. [0.05, 0.1] (empty = off)")
+    snapshot_every_images: int = opt(0, min=0, doc="post-hoc EMA: snapshot them into <run>/ema-snapshots "
+                                     "every N images seen (0 = with every checkpoint)")
+    snapshot_dtype: Literal["fp32", "fp16"] = opt("fp32", doc="post-hoc EMA: precision of the snapshots")
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,10 @@ class EvalCfg:
     kid_samples: int = opt(64, min=8, max=10000, doc="EMA samples per KID measurement (bounds its cost)")
     kid_steps: int = opt(20, min=1, max=1000, doc="sampler steps for those samples")
     real_images: int = opt(1000, min=8, doc="training images the samples are compared with")
+    memorised_max: float = opt(0.05, min=0.0, max=1.0, doc="model-best.safetensors only from measurements "
+                               "whose memorised share is below this; above it, warn once")
+    stop_on_memorised: bool = opt(False, doc="end the run (checkpoint saved) once memorisation exceeds "
+                                  "eval.memorised_max")
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,10 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor],
     optimizer: dict,
     scaler: dict | None = None,
+    posthoc: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write one checkpoint; `state` is JSON metadata holding at least `step`."""
+    """Write one checkpoint; `state` is JSON metadata holding at least `step`;
+    `posthoc` holds the post-hoc EMAs (ema.posthoc_stds), when tracked."""
     final = checkpoint_dir(run_dir, state["step"])
     tmp = final.with_name(final.name + ".tmp")
     try:
@@ -56,6 +58,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+        if posthoc:
+            save_file({k: v.detach().cpu().contiguous() for k, v in posthoc.items()}, tmp / "posthoc.safetensors")
         torch.save(optimizer, tmp / "optimizer.pt")
         if scaler:
             torch.save(scaler, tmp / "scaler.pt")
@@ -124,7 +128,9 @@ def load_checkpoint(path: Path, verified: bool = False) -> dict:
     if reason is not None:
         raise CheckpointError(f"{path}: not a valid checkpoint: {reason}")
     scaler = path / "scaler.pt"
+    posthoc = path / "posthoc.safetensors"
     return {
+        "posthoc": load_file(posthoc) if posthoc.exists() else None,
         "state": json.loads((path / "state.json").read_text()),
         "model": load_file(path / "model.safetensors"),
         "ema": load_file(path / "ema.safetensors"),

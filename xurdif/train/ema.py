@@ -16,14 +16,18 @@ def power_exponent(std: float) -> float:
     return float(np.roots([1, 7, 16 - t, 12 - t]).real.max())
 
 
+def power_decay(std: float, images_before: int, images_after: int) -> float:
+    """EDM2 eq. 127: the decay that keeps a power-function EMA of relative std `std`."""
+    return (1 - (images_after - images_before) / images_after) ** (power_exponent(std) + 1)
+
+
 def ema_decay(cfg: EmaCfg, step: int, images_before: int, images_after: int) -> float:
     """Decay applied after optimizer step `step` (1-based)."""
     if cfg.kind == "off":
         return 0.0
     if cfg.kind == "warmup":
         return min(cfg.decay, 1 - (1 + step) ** -cfg.warmup_power)
-    gamma = power_exponent(cfg.std)
-    return (1 - (images_after - images_before) / images_after) ** (gamma + 1)
+    return power_decay(cfg.std, images_before, images_after)
 
 
 def make_ema(net: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,7 @@ from ..diffusion import prediction as P
 from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
 from ..recipe import Recipe, recipe_hash
+from ..recipe.duration import parse_duration
 from . import draws
 from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema
@@ -25,6 +26,7 @@ from .lr import learning_rate
 from .monitor import KidMonitor
 from .network import build_for_recipe
 from .outputs import RunOutputs
+from .posthoc import PosthocEmas, drop_snapshots_after
 from .signals import StopRequest
 
 log = logging.getLogger("xurdif.train")
@@ -48,7 +50,15 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
 
 
-def total_images(recipe: Recipe, global_batch: int) -> int:
+# The LR curve's length while a time budget's speed is still being measured: so
+# long that the cosine stays at its peak until the real length is known.
+PROBE_TOTAL = 2 ** 62
+
+
+def total_images(recipe: Recipe, global_batch: int) -> int | None:
+    """The run's length in images; None for a time budget (measured at run time)."""
+    if recipe.train.time is not None:
+        return None
     if recipe.train.steps is not None:
         return recipe.train.steps * global_batch
     return math.ceil(recipe.train.images / global_batch) * global_batch
@@ -66,6 +76,7 @@ def check_same_shape(ours: dict, theirs: dict, path: Path) -> None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, accelerator: Accelerator, outputs: RunOutputs):
+        self.born = time.perf_counter()  # a time budget counts from here: data loading is part of the run
         self.r = recipe
         self.acc = accelerator
         self.out = outputs
@@ -75,6 +86,8 @@ class Trainer:
         net, self.meta = build_for_recipe(recipe)
         self.schedule = make_schedule(self.meta.schedule, self.meta.timesteps)
         self.ema = make_ema(net).to(accelerator.device)
+        self.posthoc = (PosthocEmas(net, recipe.ema.posthoc_stds, accelerator.device)
+                        if recipe.ema.posthoc_stds else None)
         # Fused AdamW: one kernel for all parameters; on CPU it cut the step from 50 to 10 ms (bench).
         fused = accelerator.device.type in ("cuda", "cpu")
         o = recipe.optim
@@ -85,6 +98,10 @@ class Trainer:
         self.micro = recipe.train.batch_size
         self.global_batch = self.micro * self.world * recipe.train.grad_accum
         self.total = total_images(recipe, self.global_batch)
+        self.budget_s = parse_duration(recipe.train.time) if recipe.train.time is not None else None
+        self.seconds_before = 0.0  # wall clock of earlier sessions of this run (resume)
+        self.best_kid: float | None = None
+        self.memorised_warned = False
         self.clock = Clock()
         self.stream = None
         self.kid = None  # KidMonitor, built on first use (main process only)
@@ -95,7 +112,14 @@ class Trainer:
         return {
             "step": c.step, "images_seen": c.images_seen, "global_batch": self.global_batch,
             "world_size": self.world, "recipe_hash": recipe_hash(self.r), "nonfinite_total": c.nonfinite_total,
+            "seconds": round(self.seconds_before + time.perf_counter() - self.born, 3),
+            "best_kid": self.best_kid, "memorised_warned": self.memorised_warned,
+            # A time budget's length, fixed once from the measured speed: a resume keeps it.
+            "time_budget_s": self.budget_s, "total_images": self.total if self.measured_total() else None,
         }
+
+    def measured_total(self) -> bool:
+        return self.budget_s is not None and self.total is not None and self.total != PROBE_TOTAL
 
     def save(self) -> Path:
         """All ranks call this; rank 0 writes, then everyone waits (no deadlock)."""
@@ -103,8 +127,12 @@ class Trainer:
         if self.acc.is_main_process:
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
             model, ema = self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict()
-            path = save_checkpoint(self.out.run_dir, self.state(), model, ema, self.opt.state_dict(), scaler)
+            posthoc = self.posthoc.state_dict() if self.posthoc else None
+            path = save_checkpoint(self.out.run_dir, self.state(), model, ema, self.opt.state_dict(), scaler, posthoc)
             self.out.export_model(self.meta, model, ema)
+            at_end = self.total is not None and self.clock.images_seen >= self.total
+            if self.posthoc and (not self.r.ema.snapshot_every_images or at_end):
+                self.snapshot()
             prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
         self.acc.wait_for_everyone()
         return path or self.out.run_dir / "checkpoints"
@@ -121,10 +149,26 @@ class Trainer:
         check_same_shape(self.acc.unwrap_model(self.net).state_dict(), ck["model"], path)
         self.acc.unwrap_model(self.net).load_state_dict(ck["model"])
         self.ema.load_state_dict(ck["ema"])
+        if self.posthoc:
+            if ck["posthoc"] is None:
+                raise ValueError(f"{path}: checkpoint has no post-hoc EMAs; ema.posthoc_stds can only be set "
+                                 "when a run starts")
+            self.posthoc.load_state_dict(ck["posthoc"])
+            if self.acc.is_main_process:
+                for p in drop_snapshots_after(self.out.run_dir, s["images_seen"]):
+                    log.info("removed %s: past the checkpoint resumed from", p)
         self.opt.load_state_dict(ck["optimizer"])
         if ck["scaler"] is not None and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(ck["scaler"])
         self.clock = Clock(step=s["step"], images_seen=s["images_seen"], nonfinite_total=s.get("nonfinite_total", 0))
+        self.seconds_before = s.get("seconds", 0.0)
+        self.best_kid, self.memorised_warned = s.get("best_kid"), s.get("memorised_warned", False)
+        if self.budget_s is not None and s.get("total_images") is not None:
+            if s.get("time_budget_s") == self.budget_s:
+                self.total = s["total_images"]  # the recorded length, not a new measurement: resume stays exact
+            else:
+                log.info("train.time changed since the length was fixed (%ss -> %ss): measuring the speed again",
+                         s.get("time_budget_s"), self.budget_s)
 
     # ------------------------------------------------------------ one step
     def micro_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,7 +226,7 @@ class Trainer:
         if finite:
             self.clock.nonfinite_in_row = 0
             decay = ema_decay(r.ema, self.clock.step, before, self.clock.images_seen)
-            update_ema(self.ema, acc.unwrap_model(self.net), decay)
+            self.update_emas(decay, before)
         else:
             self.clock.nonfinite_in_row += 1
             self.clock.nonfinite_total += 1
@@ -197,19 +241,103 @@ class Trainer:
         sums.update(lr=lr, grad_norm=norm, ema_decay=decay)
         return sums
 
+    def update_emas(self, decay: float, images_before: int) -> None:
+        net = self.acc.unwrap_model(self.net)
+        update_ema(self.ema, net, decay)
+        if self.posthoc:
+            self.posthoc.update(net, images_before, self.clock.images_seen)
+
+    def snapshot(self) -> None:
+        """Post-hoc EMA history for xurdif-ema (main process only)."""
+        self.posthoc.write_snapshot(self.out.run_dir, self.clock.step, self.clock.images_seen,
+                                    self.r.ema.snapshot_dtype)
+
+    def any_rank(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor(float(flag), device=self.acc.device), "sum") > 0)
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's value on every rank (decisions taken from rank 0's clock)."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast
+
+        return int(broadcast(torch.tensor([value], device=self.acc.device, dtype=torch.int64))[0])
+
+    # ------------------------------------------------------------ time budget
+    def fix_length(self, probe: tuple[float, int, int]) -> bool:
+        """While measuring a time budget's speed: True once the run's length is fixed.
+
+        The speed is measured from the end of the run's first step (which pays for
+        warm-up) over time_probe_steps steps, or over the first minute (at most a
+        tenth of the budget); the rest of the budget at that speed, in whole global
+        batches, is the run's length."""
+        t1, img1, step1 = probe
+        now = time.perf_counter()
+        n = self.r.train.time_probe_steps
+        done = (self.clock.step - step1 >= n) if n else now - t1 >= min(60.0, self.budget_s / 10)
+        if not self.from_main(int(done)):
+            return False
+        ips = (self.clock.images_seen - img1) / max(1e-9, now - t1)
+        left = self.budget_s - (self.seconds_before + now - self.born)
+        more = max(0, int(ips * left) // self.global_batch) * self.global_batch
+        self.total = self.from_main(self.clock.images_seen + more)
+        log.info("train.time %s: %.1f images/s; the run's length is fixed at %d images (%d steps)",
+                 self.r.train.time, ips, self.total, self.total // self.global_batch)
+        return True
+
+    # ------------------------------------------------------------ evaluation
+    def judge(self, scores: dict[str, float], step: int) -> bool:
+        """Keep model-best.safetensors; True when memorisation is over eval.memorised_max."""
+        e = self.r.eval
+        memo = scores["memorised"]
+        if memo > e.memorised_max:
+            if not self.memorised_warned:
+                self.memorised_warned = True
+                msg = (f"step {step}: {memo:.1%} of samples copy a training image, over eval.memorised_max "
+                       f"{e.memorised_max:.1%}; the model is starting to memorise. model-best.safetensors keeps "
+                       "the best model below it" + ("; stopping (eval.stop_on_memorised)" if e.stop_on_memorised
+                                                     else ""))
+                log.warning(msg)
+                self.out.log_text("eval/warning", msg, step)
+                self.out.log_eval({"memorised_over_max": 1.0}, step)
+            return True
+        if memo < e.memorised_max and (self.best_kid is None or scores["kid"] < self.best_kid):
+            self.best_kid = scores["kid"]
+            model = self.acc.unwrap_model(self.net).state_dict()
+            self.out.export_best(self.meta, model, self.ema.state_dict(), step, scores)
+        return False
+
     # ------------------------------------------------------------ the loop
     def run(self, stop: StopRequest) -> Path:
         r, acc = self.r, self.acc
+        measuring = self.total is None
+        if measuring:
+            self.total = PROBE_TOTAL
         total_steps = self.total // self.global_batch
-        bar = tqdm(total=total_steps, initial=self.clock.step, unit="step", disable=not acc.is_main_process,
-                   dynamic_ncols=True)
+        bar = tqdm(total=None if measuring else total_steps, initial=self.clock.step, unit="step",
+                   disable=not acc.is_main_process, dynamic_ncols=True)
         window: list[dict[str, float]] = []
         t0, img0 = time.perf_counter(), self.clock.images_seen
         saved_at = self.clock.step
+        probe = None
         while self.clock.step < total_steps:
             stats = self.step()
             window.append(stats)
             step = self.clock.step
+            if measuring:
+                if probe is None:
+                    probe = (time.perf_counter(), self.clock.images_seen, step)
+                elif self.fix_length(probe):
+                    measuring = False
+                    total_steps = self.total // self.global_batch
+                    bar.total = total_steps
+                    bar.refresh()
+            if self.posthoc and r.ema.snapshot_every_images and acc.is_main_process:
+                every = r.ema.snapshot_every_images
+                if self.clock.images_seen // every > (self.clock.images_seen - self.global_batch) // every:
+                    self.snapshot()
             if step % r.log.every_steps == 0 or step == total_steps:
                 ips = (self.clock.images_seen - img0) / max(1e-9, time.perf_counter() - t0)
                 means = {k: sum(s[k] for s in window) / len(window) for k in window[-1]}
@@ -223,19 +351,24 @@ class Trainer:
             if r.samples.every_steps and step % r.samples.every_steps == 0 and step < total_steps:
                 self.out.sample_grid(self.ema, self.schedule, self.meta, step)
                 acc.wait_for_everyone()
+            memorising = False
             if r.eval.kid_every_steps and step % r.eval.kid_every_steps == 0:
                 if acc.is_main_process:
                     self.kid = self.kid or KidMonitor(r, self.data, acc.device)
-                    self.out.log_eval(self.kid(self.ema, self.schedule, self.meta), step)
+                    scores = self.kid(self.ema, self.schedule, self.meta)
+                    self.out.log_eval(scores, step)
+                    memorising = self.judge(scores, step)
                 acc.wait_for_everyone()
+                memorising = r.eval.stop_on_memorised and self.any_rank(memorising)
             if step % r.checkpoint.every_steps == 0 and step < total_steps:
                 self.save()
                 saved_at = step
-            if stop.requested(acc):
+            if stop.requested(acc) or memorising:
                 # Just saved at this step (on schedule): nothing new to write.
                 path = self.save() if saved_at != step else checkpoint_dir(self.out.run_dir, step)
                 if acc.is_main_process:
-                    tqdm.write(f"stopped at step {step}: checkpoint saved in {path}")
+                    why = "memorisation over eval.memorised_max" if memorising else "stop requested"
+                    tqdm.write(f"stopped at step {step} ({why}): checkpoint saved in {path}")
                 bar.close()
                 return path
         bar.close()

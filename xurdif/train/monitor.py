@@ -37,7 +37,9 @@ class KidMonitor:
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     @torch.no_grad()
-    def __call__(self, ema: torch.nn.Module, schedule, meta) -> dict[str, float]:
+    def __call__(self, ema: torch.nn.Module, schedule, meta, samples: int | None = None,
+                 steps: int | None = None) -> dict[str, float]:
+        """Scores of `samples` (default eval.kid_samples) samples of `steps` (eval.kid_steps) sampler steps."""
         from ..evaluate import kid, pixel_memorisation
 
         if self.real is None:
@@ -48,9 +50,9 @@ class KidMonitor:
         h, w = meta.image_size
         g = torch.Generator().manual_seed(self.r.samples.seed + 1)
         fake = torch.cat([
-            den.to_image(sample(den, (b.numel(), 3, h, w), sampler="dpmpp_2m", steps=e.kid_steps, generator=g,
-                                device=self.device)).float().cpu()
-            for b in torch.arange(e.kid_samples).split(64)
+            den.to_image(sample(den, (b.numel(), 3, h, w), sampler="dpmpp_2m", steps=steps or e.kid_steps,
+                                generator=g, device=self.device)).float().cpu()
+            for b in torch.arange(samples or e.kid_samples).split(64)
         ])
         mean, std = kid(self.real_feats, self.extractor(fake))
         memo, _ = pixel_memorisation(fake, self.real.float() / 255)

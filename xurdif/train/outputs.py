@@ -2,6 +2,7 @@
 sample grids and the exported model. Only the main process writes."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -46,6 +47,11 @@ class RunOutputs:
                 self.writer.add_scalar(f"eval/{k}", v, step)
             self.writer.flush()
 
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+            self.writer.flush()
+
     @torch.no_grad()
     def sample_grid(self, ema: torch.nn.Module, schedule: Schedule, meta: ModelMeta, step: int) -> Path | None:
         """A fixed-seed grid from the EMA weights, so grids are comparable over time."""
@@ -68,6 +74,13 @@ class RunOutputs:
     def export_model(self, meta: ModelMeta, model: dict, ema: dict) -> Path:
         path = self.run_dir / "model.safetensors"
         save_model_file(path, meta, model, ema)
+        return path
+
+    def export_best(self, meta: ModelMeta, model: dict, ema: dict, step: int, scores: dict[str, float]) -> Path:
+        """model-best.safetensors: the lowest in-training KID so far, with its scores in the metadata."""
+        path = self.run_dir / "model-best.safetensors"
+        best = {"step": step, **{k: float(v) for k, v in scores.items()}}
+        save_model_file(path, dataclasses.replace(meta, extra={**meta.extra, "best": best}), model, ema)
         return path
 
     def close(self) -> None:

@@ -45,9 +45,9 @@ def std_key(std: float) -> str:
 class PosthocEmas:
     """The power-function EMAs of ema.posthoc_stds, fp32 modules beside the live net."""
 
-    def __init__(self, net: torch.nn.Module, stds: list[float]):
+    def __init__(self, net: torch.nn.Module, stds: list[float], device: torch.device | str = "cpu"):
         self.stds = [float(s) for s in stds]
-        self.emas = [make_ema(net) for _ in self.stds]
+        self.emas = [make_ema(net).to(device) for _ in self.stds]
 
     def update(self, net: torch.nn.Module, images_before: int, images_after: int) -> None:
         for std, ema in zip(self.stds, self.emas):

@@ -1,0 +1,77 @@
+"""train.time: a wall-clock budget fixed as a length in images after a speed probe."""
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from xurdif.recipe import load_recipe
+from xurdif.train import loop
+from xurdif.train.cli import main as launch_main
+from xurdif.train.lr import learning_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_RECIPE = ROOT / "tests" / "recipes" / "fixture.yaml"
+BUDGET = ["train.steps=null", "train.time=6s", "train.time_probe_steps=3", "optim.lr_schedule=cosine",
+          "checkpoint.every_steps=4", "checkpoint.keep_last=1000", "data.size=8", "samples.every_steps=0"]
+
+
+def state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def budget_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("budget") / "run"
+    started = time.perf_counter()
+    assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", *BUDGET]) == 0
+    return out, time.perf_counter() - started
+
+
+def test_tiny_budget_ends_with_its_length_recorded_and_lr_at_the_cosine_end(budget_run):
+    out, seconds = budget_run
+    assert seconds < 6 + 30  # ends near the budget (final grid and checkpoint come on top)
+    last = sorted((out / "checkpoints").iterdir())[-1]
+    s = state(last)
+    assert s["time_budget_s"] == 6.0
+    assert s["total_images"] == s["images_seen"] and s["total_images"] % 8 == 0
+    assert s["step"] > 3  # more than the probe: the budget's rest was filled at the measured speed
+    r = load_recipe(FIXTURE_RECIPE, [f"train.output_dir={out}", *BUDGET])
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    lrs = ea.Scalars("train/lr")
+    assert lrs[-1].step == s["step"]
+    # The last step's LR is the cosine's value one batch before the end: the curve spanned the budget.
+    assert lrs[-1].value == pytest.approx(learning_rate(r.optim, s["total_images"] - 8, s["total_images"]), rel=1e-6)
+    floor = r.optim.lr * r.optim.min_lr_ratio
+    assert lrs[-1].value - floor < 0.1 * (r.optim.lr - floor)
+    # Earlier checkpoints (from before the probe ended) record no length; later ones the same one.
+    lengths = {state(p)["step"]: state(p)["total_images"] for p in (out / "checkpoints").iterdir()}
+    assert lengths[4] == s["total_images"] and all(v == s["total_images"] for v in lengths.values())
+
+
+def test_resume_after_a_kill_ends_at_the_recorded_length(budget_run, tmp_path, monkeypatch):
+    out, _ = budget_run
+    total = state(sorted((out / "checkpoints").iterdir())[-1])["total_images"]
+    killed = tmp_path / "run"
+    shutil.copytree(out, killed)
+    # A kill after the step-4 checkpoint: everything later never happened.
+    for p in (killed / "checkpoints").iterdir():
+        if p.name != "step-0000004":
+            shutil.rmtree(p)
+    (killed / "model.safetensors").unlink()
+
+    def no_new_measurement(self, probe):
+        raise AssertionError("a resumed run must use the recorded length")
+
+    monkeypatch.setattr(loop.Trainer, "fix_length", no_new_measurement)
+    assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={killed}", *BUDGET]) == 0
+    last = sorted((killed / "checkpoints").iterdir())[-1]
+    assert state(last)["images_seen"] == total and state(last)["total_images"] == total
+    a, b = load_file(out / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exactly the uninterrupted run

@@ -2,8 +2,9 @@
 
 Trains a recipe (default: recipes/demo.yaml, the tiny preset) on a benchmark folder
 (default: the 904 Wesnoth unit sprites, /work/shared/data/wesnoth-units-64, read in
-place) for --minutes of wall clock (SIGTERM: the trainer finishes its step, saves and
-exports), samples --samples images from the EMA weights and scores them against the
+place) for --minutes of wall clock (train.time: the trainer measures its speed over the
+first minute and fixes the run's length so that the LR schedule and EMA span the budget),
+samples --samples images from the EMA weights and scores them against the
 training images at the training size. Prints a table and writes JSON.
 
     .venv/bin/python bench/quality.py --minutes 5 --samples 500 --set optim.lr=1e-3
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=32, help="training and evaluation size in px (default 32)")
     p.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget per run (default 5)")
     p.add_argument("--images", type=int, default=None,
-                   help="train.images (length of the LR schedule; training also stops there). "
-                        "Default: the recipe's")
+                   help="train.images (length of the LR schedule; training stops there) instead of "
+                        "the --minutes budget (train.time)")
     p.add_argument("--samples", type=int, default=500, help="samples to score (default 500)")
     p.add_argument("--sampler", default="dpmpp_2m", help="sampler (default dpmpp_2m)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
@@ -87,11 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------- training
 def train(args, name: str, overrides: list[str], run_dir: Path) -> dict:
-    """Run launch.py for args.minutes, then SIGTERM; returns timing and images seen."""
+    """Run launch.py with a train.time budget of args.minutes (or args.images); returns timing and
+    images seen. SIGTERM only as a safety net, should a run overrun its budget by far."""
     over = [f"data.path={args.data}", f"data.size={args.size}", *BENCH_OVERRIDES,
             f"train.output_dir={run_dir}", f"name=quality-{name}"]
     if args.images:
-        over.append(f"train.images={args.images}")
+        over += [f"train.images={args.images}", "train.steps=null", "train.time=null"]
+    else:
+        over += ["train.images=null", "train.steps=null", f"train.time={args.minutes * 60:g}s"]
     over += args.set + overrides
     cmd = [sys.executable, str(ROOT / "launch.py"), args.recipe, *over, "--restart"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,7 @@ def train(args, name: str, overrides: list[str], run_dir: Path) -> dict:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         try:
-            proc.wait(timeout=args.minutes * 60)
+            proc.wait(timeout=args.minutes * 60 * 1.5 + 300)
             stopped = False
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGTERM)
@@ -118,7 +122,7 @@ def train(args, name: str, overrides: list[str], run_dir: Path) -> dict:
     if proc.returncode != 0 or not (run_dir / "model.safetensors").is_file():
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"[{name}] training failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-    return {"train_seconds": round(seconds, 1), "stopped_by_budget": stopped, **checkpoint_state(run_dir),
+    return {"train_seconds": round(seconds, 1), "stopped_by_sigterm": stopped, **checkpoint_state(run_dir),
             "log": str(log_path), "command": " ".join(["python", "launch.py", *cmd[2:]])}
 
 
@@ -130,7 +134,7 @@ def checkpoint_state(run_dir: Path) -> dict:
     state = {}
     if ckpt is not None and (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
-    return {"step": state.get("step"), "images_seen": state.get("images_seen")}
+    return {k: state.get(k) for k in ("step", "images_seen", "total_images")}
 
 
 # ----------------------------------------------------------------- sampling and scoring
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.reuse and (run_dir / "model.safetensors").is_file():
                 prev = args.out / f"{name}.json"
                 info = json.loads(prev.read_text()) if prev.is_file() else {}
-                entry.update({k: info.get(k) for k in ("train_seconds", "stopped_by_budget", "step",
+                entry.update({k: info.get(k) for k in ("train_seconds", "stopped_by_sigterm", "step",
                                                        "images_seen", "command")})
                 if entry.get("images_seen") is None:  # no earlier report: the last checkpoint knows
                     entry.update(checkpoint_state(run_dir))

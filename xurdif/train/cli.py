@@ -19,7 +19,8 @@ log = logging.getLogger("xurdif.train")
 SAFE_TO_CHANGE = (
     "name", "train.images", "train.steps", "train.batch_size", "train.grad_accum", "train.max_nonfinite",
     "train.output_dir", "optim.lr", "optim.warmup_images", "optim.lr_schedule", "optim.min_lr_ratio",
-    "data.num_workers", "log.", "samples.", "checkpoint.",
+    "data.num_workers", "log.", "samples.", "checkpoint.", "train.time", "train.time_probe_steps",
+    "eval.memorised_max", "eval.stop_on_memorised", "ema.snapshot_every_images", "ema.snapshot_dtype",
 )
 
 

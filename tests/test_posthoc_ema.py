@@ -124,4 +124,5 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
     assert ema_main([str(run), "--std", "0.5"]) == 2
     assert capsys.readouterr().err == "xurdif-ema: --std 0.5: out of range; each std must be in 0.001..0.28\n"
     assert ema_main([str(tmp_path), "--std", "0.05"]) == 2
-    assert capsys.readouterr().err == f"xurdif-ema: {tmp_path / 'recipe.yaml'}: not found; RUN must be a training run folder\n"
+    want = f"xurdif-ema: {tmp_path / 'recipe.yaml'}: not found; RUN must be a training run folder\n"
+    assert capsys.readouterr().err == want

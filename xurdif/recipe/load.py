@@ -192,7 +192,8 @@ def _build(cls: type, data: Any, prefix: str, where: str, valid: list[str], prob
 def _check_consistency(r: Recipe, where: str, problems: list[str]) -> None:
     lengths = [k for k in ("images", "steps", "time") if getattr(r.train, k) is not None]
     if not lengths:
-        problems.append(f"{where}: train.images: set the training length (train.images, train.steps or train.time)")
+        problems.append(f"{where}: train.images: set the training length "
+                        "(train.images, train.steps or train.time)")
     if len(lengths) > 1:
         problems.append(f"{where}: train.{lengths[1]}: set one of train.images, train.steps or train.time, "
                         f"not {' and '.join('train.' + k for k in lengths)}")

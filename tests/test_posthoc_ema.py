@@ -126,3 +126,12 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
     assert ema_main([str(tmp_path), "--std", "0.05"]) == 2
     want = f"xurdif-ema: {tmp_path / 'recipe.yaml'}: not found; RUN must be a training run folder\n"
     assert capsys.readouterr().err == want
+
+
+def test_resume_drops_snapshots_of_the_abandoned_branch(tmp_path):
+    from xurdif.train.posthoc import drop_snapshots_after
+
+    simulate(tmp_path, [0.05], every=400, steps=150)  # snapshots at 400, 800, 1200
+    gone = drop_snapshots_after(tmp_path, 800)
+    assert [p.name for p in gone] == ["images-0000001200.safetensors"]
+    assert [s.images_seen for s in list_snapshots(tmp_path)] == [400, 800]

@@ -47,7 +47,7 @@ def test_wrong_type_and_range_and_choice_all_reported_at_once(tmp_path):
     got = problems(p)
     assert f"{p}: train.batch_size: got 'many'; expected an integer" in got
     assert f"{p}: optim.lr: -1.0 is out of range; allowed 0.0 to 1.0" in got
-    assert f"{p}: diffusion.prediction: got 'noise'; expected one of 'eps', 'x0', 'v'" in got
+    assert f"{p}: diffusion.prediction: got 'noise'; expected one of 'eps', 'x0', 'v', 'edm'" in got
     assert len(got) == 3
 
 

@@ -247,10 +247,9 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
             problems += subproblems
             values[key] = t(**sub)
             continue
-        ok, value = coerce(t, raw, text=text)
         options = choices_of(t, md)
+        ok, value = coerce(t, bool_choice(raw, options), text=text)
         if ok and md.get("choices"):
-            value = bool_choice(value, options)
             ok = value in options
         if not ok:
             if options and (not isinstance(raw, (list, dict)) and raw is not None):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from xurdif.guidance import KEYS as GUIDANCE_KEYS
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
@@ -263,6 +264,17 @@ def test_ctrl_c_finishes_the_batch_and_stops_cleanly(model_file, tmp_path):
     n = len(images(tmp_path / "o"))
     assert n % 3 == 0 and 3 <= n < 12 and len(manifest(tmp_path / "o")) == n
     assert not list((tmp_path / "o").glob("**/*.tmp"))
+
+
+def test_bad_guidance_key_is_reported_with_job_file_and_line(model_file, tmp_path):
+    f = tmp_path / "jobs.yaml"
+    f.write_text("jobs:\n  - fine\n  - {prompt: bad key, guidance: {sclae: 2}}\n")
+    jobs, errors, _ = load_jobs(f, Job(steps=1))
+    assert errors == [] and len(jobs) == 2
+    res = render(model_file, jobs[1:], tmp_path / "out", progress=False)
+    assert res.failures == [f"{f}:3: guidance: unknown key 'sclae'; did you mean 'scale'? valid keys: "
+                            + ", ".join(GUIDANCE_KEYS)]
+    assert res.written == 0
 
 
 def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_path, capsys):

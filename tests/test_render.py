@@ -304,4 +304,5 @@ def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_p
     guides = recs["a guided face"]["params"]["guidance"]
     assert json.dumps(guides).count("a guided face") >= 1  # the prompt is the CLIP text
     with Image.open(out / recs["a guided face"]["file"]) as im:
-        assert "a guided face" in im.text["parameters"] or "a guided face" in json.dumps(im.text)
+        assert im.text["prompt"] == "a guided face"
+        assert json.loads(im.text["parameters"]) == recs["a guided face"]["params"]

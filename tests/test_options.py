@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -167,3 +166,12 @@ def test_unknown_top_level_key_suggests_a_section(tmp_path):
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
     assert f"{p}: trian: unknown key; did you mean train?" in e.value.problems
+
+
+def test_override_with_invalid_yaml_is_one_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p, ["optim.betas=[0.9"])
+    assert e.value.problems == ["override optim.betas: invalid YAML value '[0.9': expected ',' or ']', "
+                                "but got '<stream end>'"]

@@ -10,7 +10,6 @@ tuples of `Weighted(value, weight)`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import typing
 from dataclasses import dataclass, field

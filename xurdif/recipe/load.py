@@ -70,7 +70,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError([f"override {text!r}: expected section.key=value, e.g. train.images=5000"])
     key, value = text.split("=", 1)
-    return key.strip().split("."), yamlfile.load(value) if value.strip() else ""
+    try:
+        return key.strip().split("."), yamlfile.load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError([f"override {key.strip()}: invalid YAML value {value!r}: "
+                           f"{getattr(e, 'problem', None) or e}"]) from None
 
 
 def _apply_override(data: dict, keys: list[str], value: Any) -> None:
@@ -184,7 +188,8 @@ def describe_keys() -> str:
                 walk(t, f"{prefix}{f.name}.")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {prefix}{f.name} = {default!r}  ({describe_type(t, f.metadata)}) {f.metadata.get('doc', '')}")
+            kind = describe_type(t, f.metadata)
+            lines.append(f"  {prefix}{f.name} = {default!r}  ({kind}) {f.metadata.get('doc', '')}")
 
     walk(Recipe, "")
     return "\n".join(lines)

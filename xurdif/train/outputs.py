@@ -11,6 +11,7 @@ from torchvision.utils import make_grid, save_image
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
+from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
 from ..weights import ModelMeta, save_model_file
 
@@ -24,11 +25,17 @@ class RunOutputs:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "samples").mkdir(exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+            text = recipe_to_yaml(recipe)
+            with open(self.run_dir / "recipe.yaml", "w") as f:
+                f.write(text[: len(text) // 2])
+                f.flush()
+                kill_point("mid-recipe-write")
+                f.write(text[len(text) // 2:])
             if recipe.log.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            kill_point("after-run-dir")
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:

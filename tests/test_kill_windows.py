@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -18,6 +19,8 @@ from xurdif.weights import read_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = str(ROOT / "tests" / "recipes" / "fixture.yaml")
+# Each test runs the command 2-3 times: seconds on an idle machine, more on a shared one.
+pytestmark = pytest.mark.slow
 FAST = ["data.size=8", "samples.n=1", "samples.steps=1", "checkpoint.every_steps=4", "checkpoint.keep_last=1"]
 
 
@@ -74,7 +77,8 @@ def test_kill_after_creating_the_run_folder_then_same_command_starts_afresh(tmp_
 def test_kill_mid_first_save_then_same_command_starts_afresh(tmp_path):
     out = tmp_path / "run"
     killed(out, "train.steps=8", kill_at="mid-save")
-    assert temp_files(out) == ["checkpoints/step-0000004.tmp", "checkpoints/step-0000004.tmp/model.safetensors"]
+    assert temp_files(out) == ["checkpoints/step-0000004.tmp"]
+    assert (out / "checkpoints" / "step-0000004.tmp" / "model.safetensors").is_file()
     finished(out, "train.steps=8")
     assert_export_is_newest_checkpoint(out, 8)
 

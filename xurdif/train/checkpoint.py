@@ -136,6 +136,11 @@ def load_checkpoint(path: Path, verified: bool = False) -> dict:
     }
 
 
+def stored_recipe(path: Path) -> str | None:
+    """The resolved recipe YAML a checkpoint was written with (None for older checkpoints)."""
+    return json.loads((Path(path) / "state.json").read_text()).get("recipe")
+
+
 def prune(run_dir: Path, keep_last: int, keep_every: int) -> list[Path]:
     """Delete old checkpoints (main process only, and only after a successful save)."""
     ckpts = list_checkpoints(run_dir)

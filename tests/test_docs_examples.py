@@ -224,18 +224,25 @@ def check_python(block: Block) -> list[str]:
 # ---------------------------------------------------------------- shell commands
 
 
-def shell_commands(text: str) -> list[list[str]]:
+def shell_commands(text: str, prompted: bool = False) -> list[list[str]]:
     """The simple commands of a shell block: continuations joined, comments dropped,
-    split at ; && || |, redirections removed."""
+    split at ; && || |, redirections removed. `prompted` (a console session): only
+    lines starting with `$ ` are commands, the rest is their output."""
     commands = []
     for line in text.replace("\\\n", " ").splitlines():
         line = line.strip()
+        if prompted and not line.startswith("$ "):
+            continue
         if line.startswith("$ "):
             line = line[2:]
         lex = shlex.shlex(line, posix=True, punctuation_chars=True)
         lex.whitespace_split = True
         current: list[str] = []
-        tokens = iter(list(lex))
+        try:
+            tokens = iter(list(lex))
+        except ValueError as e:  # an unclosed quote
+            commands.append([f"!{line}: {e}"])
+            continue
         for tok in tokens:
             if tok in (";", "&&", "||", "|", "&"):
                 commands.append(current)
@@ -304,16 +311,20 @@ def resolve(tokens: list[str]) -> Target | str | None:
     return None
 
 
+_mains: dict[Path, Callable | None] = {}
+
+
 def script_target(script: str, argv: list[str]) -> Target | str:
     path = (ROOT / script).resolve()
     if not path.is_file() or ROOT not in path.parents:
         return f"{script}: no such file in the repository"
 
     def load() -> Callable:
-        main = runpy.run_path(str(path), run_name="docs_example").get("main")
-        if main is None:
+        if path not in _mains:
+            _mains[path] = runpy.run_path(str(path), run_name="docs_example").get("main")
+        if _mains[path] is None:
             raise AssertionError(f"{script}: has no main()")
-        return main
+        return _mains[path]
 
     return Target(script, load, argv)
 
@@ -384,7 +395,10 @@ def call_main(main: Callable, prog: str, argv: list[str]) -> tuple[int, str, str
 
 def check_shell(block: Block) -> list[str]:
     problems = []
-    for tokens in shell_commands(block.text):
+    for tokens in shell_commands(block.text, prompted=block.lang == "console"):
+        if tokens[0].startswith("!"):
+            problems.append(f"cannot split the shell line {tokens[0][1:]}")
+            continue
         target = resolve(tokens)
         if target is None:
             continue
@@ -520,3 +534,12 @@ def test_doc_scripts_run_with_help():
         r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.startswith("usage:"), f"{script}: {r.stderr[-500:]}"
+
+
+def test_console_sessions_check_only_prompted_lines(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    session = "$ python launch.py recipes/demo.yaml --check\nrecipes/demo.yaml: OK\nit's \"output\n"
+    assert shell_commands(session, prompted=True) == [["python", "launch.py", "recipes/demo.yaml", "--check"]]
+    assert check_block(md(session, "console"), tmp_path) == []
+    assert check_block(md('python tools/sample.py runs/x --prompt "a fox\n', "bash"), tmp_path) == [
+        'cannot split the shell line python tools/sample.py runs/x --prompt "a fox: No closing quotation']

@@ -52,6 +52,8 @@ GRID: dict[str, list[str]] = {
     # small costs 3.5x tiny's FLOPs per image: at equal compute it sees 3.5x fewer images
     # (scale train.images by hand to the grid's --images / 3.5).
     "edm-small": [*EDM, "model.preset=small"],
+    "edm-lr2e-3-aug": [*EDM, "optim.lr=2e-3", "augment.p=0.15"],
+    "edm-lr2e-3-s1": [*EDM, "optim.lr=2e-3", "train.seed=1"],
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no

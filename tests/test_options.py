@@ -105,7 +105,7 @@ def test_a_boolean_is_still_refused_where_no_choice_is_spelled_so(tmp_path):
     p.write_text(recipe_text("diffusion.prediction", "no"))
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
-    assert e.value.problems == [f"{p}: diffusion.prediction: got False; expected one of 'eps', 'x0', 'v'"]
+    assert e.value.problems == [f"{p}: diffusion.prediction: got False; expected one of 'eps', 'x0', 'v', 'edm'"]
 
 
 @pytest.mark.parametrize("key,choice", pairs(GuidanceCfg))

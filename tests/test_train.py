@@ -103,13 +103,14 @@ def test_bf16_v_prediction_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_existing_run_without_checkpoint_needs_restart(tmp_path):
+def test_existing_folder_without_checkpoint(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "recipe.yaml").write_text("name: r\n")
+    (run / "notes.txt").write_text("mine")  # not a run's file: the folder may not be a run at all
     res = _subprocess_train(run, "train.steps=2")
     assert res.returncode == 1
-    assert f"{run} already holds a run with no usable checkpoint; pass --restart" in res.stderr
+    assert f"{run} holds no usable checkpoint but files a run does not write (notes.txt); pass --restart" \
+        in res.stderr
     res = _subprocess_train(run, "train.steps=2", "--restart")
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "model.safetensors").exists()

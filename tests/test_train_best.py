@@ -69,6 +69,8 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000005", "step-0000006"]
     state = json.loads((out / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["step"] == 6
-    assert "stopped at step 6 (memorisation over eval.memorised_max): checkpoint saved in" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["stopping at step 6: memorisation over eval.memorised_max (eval.stop_on_memorised)",
+                          f"stopped at step 6: checkpoint saved in {out / 'checkpoints' / 'step-0000006'}"]
     assert (out / "model.safetensors").is_file()
     assert read_meta(out / "model-best.safetensors").extra["best"]["step"] == 4

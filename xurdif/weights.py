@@ -33,6 +33,10 @@ class ModelMeta:
     recipe: str = ""  # resolved recipe YAML, "" for imported models
     source: str = ""  # free text: where the weights came from
     extra: dict = field(default_factory=dict)
+    # Training position of the weights (a trained run's export), None for imported models:
+    # a run compares it with its newest checkpoint to know the export is current.
+    step: int | None = None
+    images_seen: int | None = None
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -47,6 +51,7 @@ class ModelMeta:
             "recipe": self.recipe,
             "source": self.source,
             "extra": json.dumps(self.extra, sort_keys=True),
+            **{k: str(v) for k, v in (("step", self.step), ("images_seen", self.images_seen)) if v is not None},
         }
 
     @classmethod
@@ -67,6 +72,8 @@ class ModelMeta:
             recipe=md.get("recipe", ""),
             source=md.get("source", ""),
             extra=json.loads(md.get("extra", "{}")),
+            step=int(md["step"]) if "step" in md else None,
+            images_seen=int(md["images_seen"]) if "images_seen" in md else None,
         )
 
 

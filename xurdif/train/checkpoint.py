@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import fsync_path
+from ..killpoint import kill_point
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^step-(\d{7,})$")
@@ -57,6 +58,7 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, tmp / "model.safetensors")
+        kill_point("mid-save", state["step"])
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
         if posthoc:
             save_file({k: v.detach().cpu().contiguous() for k, v in posthoc.items()}, tmp / "posthoc.safetensors")
@@ -76,6 +78,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_path(final.parent)
+        kill_point("after-checkpoint-rename", state["step"])
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
@@ -137,6 +140,11 @@ def load_checkpoint(path: Path, verified: bool = False) -> dict:
         "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
         "scaler": torch.load(scaler, weights_only=True) if scaler.exists() else None,
     }
+
+
+def stored_recipe(path: Path) -> str | None:
+    """The resolved recipe YAML a checkpoint was written with (None for older checkpoints)."""
+    return json.loads((Path(path) / "state.json").read_text()).get("recipe")
 
 
 def prune(run_dir: Path, keep_last: int, keep_every: int) -> list[Path]:

@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 
 from ..recipe import Recipe, RecipeError, describe_keys, load_recipe, recipe_from_yaml, recipe_to_dict, recipe_to_yaml
-from .checkpoint import CheckpointError, latest_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, stored_recipe
+from .rundir import foreign_entries, prepare_run_dir
 
 log = logging.getLogger("xurdif.train")
 
@@ -62,38 +64,58 @@ def recipe_changes(old: Recipe, new: Recipe) -> tuple[list[str], list[str]]:
     return safe, unsafe
 
 
-def choose_start(recipe: Recipe, resume: str, restart: bool, is_main: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start."""
+def choose_start(recipe: Recipe, resume: str, restart: bool) -> tuple[Path | None, str | None]:
+    """(the checkpoint to resume from or None for a fresh start, what to set aside first:
+    None, "restart" (the whole folder) or "aborted" (what a start without a checkpoint left)).
+    Decides only: nothing is moved until the dataset has opened."""
     run_dir = recipe.run_dir
     if resume != "auto":
         path = Path(resume)
         if not path.is_dir():
             raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
-        return path
+        return path, None
     if not run_dir.exists() or not any(run_dir.iterdir()):
-        return None
+        return None, None
     if restart:
-        if is_main:
-            aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            run_dir.rename(aside)
-            log.info("moved the previous run to %s", aside)
-        return None
+        return None, "restart"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise CheckpointError(
-            f"{run_dir} already holds a run with no usable checkpoint; pass --restart to start over "
-            "(the old folder is kept aside) or set train.output_dir"
-        )
-    saved = run_dir / "recipe.yaml"
-    if saved.is_file():
-        safe, unsafe = recipe_changes(recipe_from_yaml(saved.read_text(), str(saved)), recipe)
+        # No usable checkpoint: nothing to lose but logs, which are kept aside. A folder with
+        # files no run writes is another matter: it may not be a run folder at all.
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            raise CheckpointError(
+                f"{run_dir} holds no usable checkpoint but files a run does not write "
+                f"({', '.join(foreign[:5])}); pass --restart to start over (the old folder is kept aside) "
+                "or set train.output_dir"
+            )
+        return None, "aborted"
+    old, where = trained_recipe(run_dir, ckpt)
+    if old is not None:
+        safe, unsafe = recipe_changes(old, recipe)
         if unsafe:
-            raise RecipeError([f"{saved}: recipe changed since the run started, in settings that cannot change "
+            raise RecipeError([f"{where}: recipe changed since the run started, in settings that cannot change "
                                f"on resume: {u}" for u in unsafe] +
                               ["start a new run with --restart or another train.output_dir"])
         for s in safe:
             log.info("recipe changed on resume: %s", s)
-    return ckpt
+    return ckpt, None
+
+
+def trained_recipe(run_dir: Path, ckpt: Path) -> tuple[Recipe | None, str]:
+    """The recipe the checkpoint was trained with, and where it was read: the checkpoint's
+    own copy, else (older checkpoints) recipe.yaml. A recipe.yaml cut short by a kill is
+    no list of changes: without a copy in the checkpoint the comparison is skipped."""
+    text = stored_recipe(ckpt)
+    if text is not None:
+        return recipe_from_yaml(text, f"{ckpt}/state.json"), str(ckpt)
+    saved = run_dir / "recipe.yaml"
+    try:
+        return recipe_from_yaml(saved.read_text(), str(saved)), str(saved)
+    except (OSError, yaml.YAMLError, RecipeError) as e:
+        log.warning("%s is unreadable and %s holds no recipe: recipe changes are not checked (%s)",
+                    saved, ckpt, str(e).splitlines()[0])
+        return None, str(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,10 +158,13 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     stop = StopRequest().install()
     outputs = None
     try:
-        start = choose_start(recipe, resume, restart, acc.is_main_process)
-        acc.wait_for_everyone()
+        start, set_aside = choose_start(recipe, resume, restart)
         outputs = RunOutputs(recipe, recipe.run_dir, acc.is_main_process)
-        trainer = Trainer(recipe, acc, outputs)
+        trainer = Trainer(recipe, acc, outputs)  # opens the dataset: bad data leaves no run folder
+        if acc.is_main_process:
+            prepare_run_dir(recipe.run_dir, set_aside)
+            outputs.open()
+        acc.wait_for_everyone()
         if start is not None:
             trainer.load(start, verified=resume == "auto")  # latest_checkpoint already hashed it
             log.info("resumed from %s at step %d (%d images seen)", start, trainer.clock.step,
@@ -148,7 +173,9 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
             log.info("%s: %s", recipe.name, trainer.data.describe())
         result = trainer.run(stop)
         if acc.is_main_process:
-            print(f"done: {result}")
+            # Last, after the progress bar: what the operator reads when the command returns.
+            print(f"stopped at step {trainer.clock.step}: checkpoint saved in {result}" if trainer.stopped
+                  else f"done: {result}")
         return 0
     except (RecipeError, CheckpointError, DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

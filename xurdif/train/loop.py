@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from ..data import open_dataset
 from ..diffusion import prediction as P
 from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
-from ..recipe import Recipe, recipe_hash
+from ..recipe import Recipe, recipe_hash, recipe_to_yaml
 from ..recipe.duration import parse_duration
 from . import augment, draws
 from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
@@ -129,14 +129,28 @@ class Trainer:
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
             model, ema = self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict()
             posthoc = self.posthoc.state_dict() if self.posthoc else None
-            path = save_checkpoint(self.out.run_dir, self.state(), model, ema, self.opt.state_dict(), scaler, posthoc)
-            self.out.export_model(self.meta, model, ema)
+            # The recipe rides along: the authority on what these weights were trained with.
+            state = dict(self.state(), recipe=recipe_to_yaml(self.r))
+            path = save_checkpoint(self.out.run_dir, state, model, ema, self.opt.state_dict(), scaler, posthoc)
+            self._export(model, ema)
             at_end = self.total is not None and self.clock.images_seen >= self.total
             if self.posthoc and (not self.r.ema.snapshot_every_images or at_end):
                 self.snapshot()
-            prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
         self.acc.wait_for_everyone()
         return path or self.out.run_dir / "checkpoints"
+
+    def export_if_stale(self) -> None:
+        """model.safetensors must hold the newest checkpoint's weights (the current ones);
+        a kill between a checkpoint's rename and the export leaves an older one behind."""
+        if self.acc.is_main_process and self.out.exported_step() != self.clock.step:
+            log.info("model.safetensors is not from step %d: exporting it again", self.clock.step)
+            self._export(self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict())
+        self.acc.wait_for_everyone()
+
+    def _export(self, model: dict, ema: dict) -> None:
+        meta = replace(self.meta, step=self.clock.step, images_seen=self.clock.images_seen)
+        self.out.export_model(meta, model, ema)
+        prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
 
     def load(self, path: Path, verified: bool = False) -> None:
         ck = load_checkpoint(path, verified)
@@ -341,6 +355,9 @@ class Trainer:
         t0, img0 = time.perf_counter(), self.clock.images_seen
         saved_at = self.clock.step
         probe = None
+        self.stopped = False
+        if checkpoint_dir(self.out.run_dir, saved_at).is_dir():
+            self.export_if_stale()  # resumed from this folder: a kill may have cut the export
         while self.clock.step < total_steps:
             stats = self.step()
             window.append(stats)
@@ -385,14 +402,17 @@ class Trainer:
             if stop.requested(acc) or memorising:
                 # Just saved at this step (on schedule): nothing new to write.
                 path = self.save() if saved_at != step else checkpoint_dir(self.out.run_dir, step)
-                if acc.is_main_process:
-                    why = "memorisation over eval.memorised_max" if memorising else "stop requested"
-                    tqdm.write(f"stopped at step {step} ({why}): checkpoint saved in {path}")
+                if memorising and acc.is_main_process:
+                    tqdm.write(f"stopping at step {step}: memorisation over eval.memorised_max "
+                               "(eval.stop_on_memorised)")
                 bar.close()
+                self.stopped = True
                 return path
         bar.close()
         self.out.sample_grid(self.ema, self.schedule, self.meta, self.clock.step)
         acc.wait_for_everyone()
-        if saved_at != self.clock.step or not (self.out.run_dir / "model.safetensors").exists():
+        if saved_at != self.clock.step or not checkpoint_dir(self.out.run_dir, saved_at).is_dir():
             self.save()
+        else:
+            self.export_if_stale()
         return self.out.run_dir / "model.safetensors"

@@ -9,27 +9,38 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from ..atomic import atomic_write
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
+from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
-from ..weights import ModelMeta, save_model_file
+from ..weights import ModelMeta, read_meta, save_model_file
 
 
 class RunOutputs:
+    """Built before the dataset is opened; `open()` creates the folder once the run is
+    known to start, so a bad data path leaves no folder behind."""
+
     def __init__(self, recipe: Recipe, run_dir: Path, is_main: bool):
         self.r = recipe
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.writer = None
-        if is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-            if recipe.log.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(self.run_dir / "tb"))
+    def open(self) -> None:
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        with atomic_write(self.run_dir / "recipe.yaml", "w") as f:
+            f.write(recipe_to_yaml(self.r))
+            kill_point("mid-recipe-write")  # written to the temporary, not yet renamed
+        if self.r.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        kill_point("after-run-dir")
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -82,6 +93,13 @@ class RunOutputs:
         best = {"step": step, **{k: float(v) for k, v in scores.items()}}
         save_model_file(path, dataclasses.replace(meta, extra={**meta.extra, "best": best}), model, ema)
         return path
+
+    def exported_step(self) -> int | None:
+        """The training step model.safetensors holds; None if it is missing or unreadable."""
+        try:
+            return read_meta(self.run_dir / "model.safetensors").step
+        except Exception:  # missing, truncated, foreign: any of them means "export again"
+            return None
 
     def close(self) -> None:
         if self.writer is not None:

@@ -53,6 +53,15 @@ GRID: dict[str, list[str]] = {
     "edm-small": [*EDM, "model.preset=small"],
     "edm-lr2e-3-aug": [*EDM, "optim.lr=2e-3", "augment.p=0.15"],
     "edm-lr2e-3-s1": [*EDM, "optim.lr=2e-3", "train.seed=1"],
+    # Second round: EDM's log-normal levels (P_mean -1.2) starve the high noise levels that
+    # decide a sprite's layout in a short run; uniform timesteps on the cosine schedule do not.
+    "edm-uniform": [*EDM, "diffusion.noise_dist=uniform"],
+    "edm-uniform-s1": [*EDM, "diffusion.noise_dist=uniform", "train.seed=1"],
+    "edm-uniform-lr2e-3": [*EDM, "diffusion.noise_dist=uniform", "optim.lr=2e-3"],
+    "edm-wide": [*EDM, "diffusion.p_mean=0.0", "diffusion.p_std=1.6"],
+    "base-lr2e-3": ["optim.lr=2e-3"],
+    "base-aug": ["augment.p=0.15"],
+    "base-ema999": ["ema.decay=0.999"],
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no

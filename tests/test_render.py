@@ -49,7 +49,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def images(out: Path) -> dict[str, np.ndarray]:
-    return {p.relative_to(out).as_posix(): pixels(p) for p in sorted(out.glob("*/[0-9]*.png"))}
+    return {p.relative_to(out).as_posix(): pixels(p) for p in sorted(out.glob("[0-9]*/*.png"))}
 
 
 def manifest(out: Path) -> list[dict]:
@@ -153,13 +153,17 @@ def test_render_outputs_metadata_resume_and_overwrite(model_file, tmp_path):
     assert text["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     recs = manifest(out)
     assert sorted(r["file"] for r in recs) == sorted(got) and recs[0]["model_sha256"] == text["model_sha256"]
-    assert len(res.contact_sheets) == 2 and all(p.name == "contact-sheet.png" for p in res.contact_sheets)
+    # Contact sheets lie beside the prompt folders, which hold samples only (tools/evaluate.py
+    # --fake on a prompt folder must not score a sheet as one more sample).
+    assert res.contact_sheets == [out / "contact-sheets" / "0000-etc-passwd.png",
+                                  out / "contact-sheets" / "0001-a-face.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("[0-9]*/*")) == sorted(got)
     assert pixels(res.contact_sheets[0]).shape == (2 + 2 * 18, 2 + 2 * 26, 3)  # 3 images on a 2x2 grid
 
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/[0-9]*.png")}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*.png")}
     again = render(model_file, jobs, out, batch_size=2, progress=False)
     assert again.written == 0 and again.skipped == 5
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/[0-9]*.png")} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*.png")} == mtimes
     redo = render(model_file, jobs, out, batch_size=2, progress=False, overwrite=True)
     assert redo.written == 5 and len(manifest(out)) == 5
     assert all(np.array_equal(a, images(out)[k]) for k, a in got.items())  # reproducible pixels

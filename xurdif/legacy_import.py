@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = import_checkpoint(args.checkpoint, args.out, trust_pickle=args.trust_pickle,
                                  image_size=args.size, mults=args.mults)
     except LegacyImportError as e:
-        raise SystemExit(f"import_urdiffusion: {e}") from None
+        print(f"import_urdiffusion: {e}", file=sys.stderr)  # one line, exit 2 like the other tools
+        return 2
     print(f"wrote {args.out}: {meta.architecture} {meta.net_config}, prediction {meta.prediction}, "
           f"{meta.timesteps} timesteps, value range {list(meta.value_range)}")
     return 0

@@ -106,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.recipe}: OK")
         return 0
     from ..data import DataError, open_dataset
+    from ..weights import ModelFileError, read_meta
     from .network import build_for_recipe, parameter_count
+
+    if recipe.model.init_from:
+        try:  # a damaged starting model is a user error: one line, before any run folder exists
+            read_meta(recipe.model.init_from)
+        except ModelFileError as e:
+            print(f"{args.recipe}: model.init_from: {e}", file=sys.stderr)
+            return 2
 
     if args.dry_run:
         try:

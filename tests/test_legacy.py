@@ -304,6 +304,21 @@ def test_not_a_checkpoint(tmp_path, capsys):
         capsys, [str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.safetensors")])
 
 
+def test_damaged_init_from_model_is_one_line_before_any_run_folder(tmp_path, capsys):
+    from xurdif.train.cli import main as launch_main
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1")  # a safetensors header, cut short
+    recipe = str(ROOT / "tests" / "recipes" / "fixture.yaml")
+    for extra in (["--dry-run"], []):
+        capsys.readouterr()
+        rc = launch_main([recipe, f"train.output_dir={tmp_path / 'run'}", f"model.init_from={cut}", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"{recipe}: model.init_from: {cut}: not a valid model file "
+                                   "(truncated or not safetensors)"]
+        assert not (tmp_path / "run").exists()
+
+
 def test_command_line_tool_help(monkeypatch, capsys):
     # In-process run of the real script: checks the thin wrapper without a torch start-up.
     monkeypatch.setattr(sys, "argv", ["import_urdiffusion.py", "--help"])

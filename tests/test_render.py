@@ -203,6 +203,40 @@ def test_cli_missing_model_is_one_line(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "model file not found" in err[0] and "nope" in err[0]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+def test_cli_damaged_model_file_is_one_line(model_file, tmp_path, capsys, damage):
+    data = model_file.read_bytes()
+    bad = tmp_path / "run" / "model.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes({"truncated": data[:len(data) // 2], "not safetensors": b"PK\x03\x04" + data[:64],
+                     "empty": b""}[damage])
+    for model in (bad, bad.parent):  # the file, or the run folder that holds it
+        rc = main([str(model), "-o", str(tmp_path / "o"), "--no-progress", "--steps", "2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"error: {bad}: not a valid model file (truncated or not safetensors)"]
+    assert not list((tmp_path / "o").glob("*/*.png"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_are_as_readable_as_the_umask_allows(model_file, tmp_path, umask):
+    """Run folders on a shared file system are read by other users and machines: every file
+    gets the mode a plain open() would give, 0666 minus the umask (mkstemp alone gives 0600)."""
+    from xurdif.atomic import atomic_write
+
+    old = os.umask(umask)
+    try:
+        jobs, _ = parse_prompts_text("a | n=1 steps=2\n", "p.txt", Job())
+        res = render(model_file, jobs, tmp_path / "out", batch_size=1, progress=False)
+        with atomic_write(tmp_path / "m.safetensors") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    files = [res.contact_sheets[0], *(tmp_path / "out").glob("[0-9]*/[0-9]*.png"),
+             tmp_path / "out" / "manifest.jsonl", tmp_path / "m.safetensors"]
+    assert len(files) == 4
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o666 & ~umask)}
+
+
 def test_reconcile_repairs_any_interrupted_state(tmp_path):
     out = tmp_path / "out"
     (out / "0000-a").mkdir(parents=True)

@@ -136,9 +136,9 @@ class ShardProblem(Exception):
 
 
 def _damage(url: str, after: Optional[str], err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
     if after is None:
-        return f"not a readable tar archive ({text})"
+        return "not a tar archive, or damaged before its first member"
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
     return f"damaged after member {after} ({text}); the rest of it is skipped"
 
 

@@ -99,6 +99,29 @@ class ModelMeta:
         except (KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: damaged model metadata ({type(e).__name__}: {e})") from None
 
+    def check(self, path: str | Path = "") -> "ModelMeta":
+        """Refuse metadata sampling cannot use, naming the file, before any network is built."""
+        from .diffusion.prediction import PREDICTIONS
+        from .diffusion.schedule import SCHEDULES
+
+        problems = []
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
+        if self.prediction not in PREDICTIONS:
+            problems.append(f"prediction {self.prediction!r} (valid: {', '.join(PREDICTIONS)})")
+        if not self.timesteps >= 1:
+            problems.append(f"timesteps {self.timesteps} (must be >= 1)")
+        lo_hi = self.value_range
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
+            problems.append(f"value_range {list(lo_hi)} (must be [low, high] with low < high)")
+        if len(self.image_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in self.image_size):
+            problems.append(f"image_size {list(self.image_size)} (must be [height, width], positive)")
+        if not isinstance(self.net_config, dict):
+            problems.append("net_config (must be a JSON object)")
+        if problems:
+            raise ModelFileError(f"{path}: unusable model metadata: {'; '.join(problems)}")
+        return self
+
 
 def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_state: dict | None) -> None:
     """Write atomically: a crash never leaves a half-written model file behind."""
@@ -111,7 +134,7 @@ def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_st
 
 def read_meta(path: str | Path) -> ModelMeta:
     with _open_model_file(path) as f:
-        return ModelMeta.from_metadata(f.metadata() or {}, path)
+        return ModelMeta.from_metadata(f.metadata() or {}, path).check(path)
 
 
 def load_state(path: str | Path, weights: str = "ema") -> dict[str, torch.Tensor]:

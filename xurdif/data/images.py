@@ -61,7 +61,8 @@ def find_image_files(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root) / f for f in files if is_image_name(f) and not f.startswith(".")]
+        found += [Path(root) / f for f in files if is_image_name(f) and not f.startswith(".")
+                  and os.path.isfile(os.path.join(root, f))]  # not a FIFO or socket: reading one blocks
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -100,6 +101,8 @@ def read_picture(src: ImageSource, background: tuple[int, int, int] = (255, 255,
     Raises BadImage with a one-line reason for any file that cannot be used."""
     if isinstance(src, bytes):
         src = io.BytesIO(src)
+    elif isinstance(src, (str, os.PathLike)) and os.path.exists(src) and not os.path.isfile(src):
+        raise BadImage("not a regular file")  # a folder, or a FIFO whose open() would block
     try:
         with warnings.catch_warnings():
             # Our own limit is checked below; PIL's warning would only duplicate it.

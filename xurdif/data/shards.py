@@ -64,11 +64,15 @@ class ShardList:
 def _read_index(path: Path) -> ShardList:
     try:
         index = json.loads(path.read_text())
-        names = [s["name"] for s in index["shards"]]
+        names = [str(s["name"]) for s in index["shards"]]
         counts = [int(s["count"]) for s in index["shards"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"data.shards: {path} is not a shard index ({e}); make one with tools/make_shards.py") from None
     urls = [str(path.parent / n) for n in names]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"data.shards: shard {missing[0]} listed in {path} does not exist{more}")
     return ShardList(urls, counts, index.get("size"), display_path(path))
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..atomic import atomic_write
 from .cache import folder_features
-from .images import EvaluateError, list_images, load_images, load_samples
+from .images import EvaluateError, list_images, load_samples
 from .inception import InceptionFeatures
 from .memorisation import memorisation_picture, reference_rows
 from .suite import MEMORISATION_SPACE, evaluate_images, format_table, memorisation_details
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     real_paths, fake_paths = list_images(args.real), list_images(args.fake)
     fake, fake_paths = load_samples(fake_paths)  # odd-sized files are left out with a warning
     view = (int(fake.shape[-2]), int(fake.shape[-1]))
-    real = load_images(real_paths, view)  # as training saw them, at the samples' size
+    real, real_paths = load_samples(real_paths, view)  # as training saw them, at the samples' size
     extractor = InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True)
     if args.no_cache:
         real_features, cache_file, hit = None, None, False

@@ -36,14 +36,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return paths
 
 
-def _read(path: Path, size: int | tuple[int, int] | None) -> torch.Tensor:
-    try:
-        # Transparent pixels become white, as in training (data.background's default).
-        return training_view(path, size) if size is not None else to_tensor(read_picture(path))
-    except BadImage as e:
-        raise EvaluateError(f"{path}: cannot read image ({e})") from None
-
-
 def load_samples(paths: list[Path], size: int | tuple[int, int] | None = None) -> tuple[torch.Tensor, list[Path]]:
     """(uint8 tensor [N, 3, H, W], the paths it holds).
 
@@ -53,14 +45,24 @@ def load_samples(paths: list[Path], size: int | tuple[int, int] | None = None) -
     trained on.
     size None (samples): pictures as they are; those whose size differs from the majority's
     are left out with one warning naming them, rather than stretched to fit.
+    Unreadable files are left out with one warning naming them, as training skips them.
     """
-    if not paths:
-        raise EvaluateError("no images to load")
-    images = [_read(p, size) for p in paths]
-    shapes = Counter(tuple(t.shape) for t in images)
+    read, bad = [], []
+    for path in paths:
+        try:
+            # Transparent pixels become white, as in training (data.background's default).
+            read.append((path, training_view(path, size) if size is not None else to_tensor(read_picture(path))))
+        except BadImage as e:
+            bad.append(f"{path} ({e})")
+    if bad:
+        log.warning("skipping %d unreadable image%s: %s", len(bad), "s" * (len(bad) != 1), ", ".join(bad))
+    if not read:
+        raise EvaluateError(f"none of the {len(paths)} images could be read"
+                            + (f" (first: {bad[0]})" if bad else ""))
+    shapes = Counter(tuple(t.shape) for _, t in read)
     common = shapes.most_common(1)[0][0]  # ties: the size seen first
-    kept = [(p, t) for p, t in zip(paths, images) if tuple(t.shape) == common]
-    odd = [f"{p} ({t.shape[2]}x{t.shape[1]})" for p, t in zip(paths, images) if tuple(t.shape) != common]
+    kept = [(p, t) for p, t in read if tuple(t.shape) == common]
+    odd = [f"{p} ({t.shape[2]}x{t.shape[1]})" for p, t in read if tuple(t.shape) != common]
     if odd:
         log.warning("skipping %d image%s whose size differs from the other %d (%dx%d): %s", len(odd),
                     "s" * (len(odd) != 1), len(kept), common[2], common[1], ", ".join(odd))

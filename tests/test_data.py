@@ -310,3 +310,17 @@ def test_tiff_and_exotic_files_are_read_or_skipped_by_name(tmp_path, caplog):
     assert len(ds) == 2 and sorted(Path(n).name for n, _ in ds.skipped) == ["c.png", "d.jpg"]
     assert not any("BytesIO" in r.getMessage() for r in caplog.records)
     assert "not an image PIL can identify" in dict((Path(n).name, r) for n, r in ds.skipped)["c.png"]
+
+
+def test_fifos_and_folders_named_like_images_are_not_read(tmp_path):
+    """Opening a FIFO blocks for ever: the scan lists regular files only."""
+    import os
+
+    solid(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.jpg").mkdir()
+    assert [p.name for p in scan_folder(tmp_path)] == ["a.png"]
+    from xurdif.data.images import BadImage, read_picture
+    for name in ("pipe.png", "folder.jpg"):
+        with pytest.raises(BadImage, match="^not a regular file$"):
+            read_picture(tmp_path / name)

@@ -313,12 +313,14 @@ def test_samples_of_another_size_are_left_out_with_one_warning(tmp_path, caplog)
     names = sorted(p.name for p in FIXTURE.glob("*.png"))[:3]
     fake = copy_images(names, tmp_path / "fake")
     Image.new("RGB", (70, 70), "white").save(fake / "contact-sheet.png")  # a grid of the samples
+    (fake / "zz-cut.png").write_bytes((fake / names[0]).read_bytes()[:60])
     with caplog.at_level(logging.WARNING, logger="xurdif.evaluate"):
         images, kept = load_samples(list_images(fake))
     assert images.shape == (3, 3, 32, 32) and [p.name for p in kept] == names
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == [f"skipping 1 image whose size differs from the other 3 (32x32): "
-                      f"{fake / 'contact-sheet.png'} (70x70)"]
+    assert len(warned) == 2 and warned[0].startswith(f"skipping 1 unreadable image: {fake / 'zz-cut.png'} (")
+    assert warned[1] == (f"skipping 1 image whose size differs from the other 3 (32x32): "
+                         f"{fake / 'contact-sheet.png'} (70x70)")
 
 
 def test_damaged_model_is_one_line(tmp_path, capsys):

@@ -217,6 +217,19 @@ def test_cli_damaged_model_file_is_one_line(model_file, tmp_path, capsys, damage
     assert not list((tmp_path / "o").glob("*/*.png"))
 
 
+def test_cli_unusable_model_metadata_is_one_line(model_file, tmp_path, capsys):
+    from xurdif.weights import load_state, read_meta
+
+    meta = read_meta(model_file)
+    meta.schedule, meta.value_range = "weird", (1.0, 1.0)
+    bad = tmp_path / "bad.safetensors"
+    save_model_file(bad, meta, load_state(model_file, "model"), None)
+    rc = main([str(bad), "-o", str(tmp_path / "o"), "--no-progress", "--steps", "2"])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"error: {bad}: unusable model metadata: schedule 'weird' (valid: cosine, linear, cosine_urdiffusion); "
+        "value_range [1.0, 1.0] (must be [low, high] with low < high)"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_outputs_are_as_readable_as_the_umask_allows(model_file, tmp_path, umask):
     """Run folders on a shared file system are read by other users and machines: every file

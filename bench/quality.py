@@ -168,13 +168,10 @@ def real_images_and_features(args, extractor):
     features, cached on disk keyed by the folder's contents and the size."""
     from xurdif.evaluate import list_images, load_images
     from xurdif.evaluate.cache import cache_path, cached_features
-    from xurdif.evaluate.images import as_uint8, resize_to
 
     paths = list_images(args.data)
-    real = load_images(paths)  # transparent pixels on white, like the trainer's default background
-    if real.shape[-1] != args.size or real.shape[-2] != args.size:
-        real = as_uint8(resize_to(real, (args.size, args.size)))
-    path = cache_path(args.data, paths, f"{extractor.name}:train-size{args.size}")
+    real = load_images(paths, args.size)  # as the trainer sees them: resized, centre-cropped, on white
+    path = cache_path(args.data, paths, f"{extractor.name}:view{args.size}x{args.size}")
     feats, hit = cached_features(path, lambda: extractor(real))
     print(f"real: {real.shape[0]} images at {args.size} px, features {'cached' if hit else 'computed'} ({path})",
           flush=True)

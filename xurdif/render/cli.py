@@ -22,9 +22,9 @@ prompts file: one prompt per line, '#' comments, options after '|':
   a red fox | seed=7 n=4 steps=30 init=fox.png strength=0.6 post=contrast:1.1,gamma:0.9
 options: n seed steps sampler eta size init strength noise_mult post (and guidance in YAML)
 
-Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl and a
-contact-sheet.png per prompt. Running the same command again skips finished
-images; --overwrite renders them again."""
+Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl, and a
+contact sheet per prompt to OUT/contact-sheets/<index>-<slug>.png. Running the
+same command again skips finished images; --overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
 FLAGS = ("n", "seed", "steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post")

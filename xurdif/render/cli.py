@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion.samplers import SAMPLERS
+from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
 from .run import render, resolve_model_path
 
@@ -23,7 +24,7 @@ prompts file: one prompt per line, '#' comments, options after '|':
 options: n seed steps sampler eta size init strength noise_mult post (and guidance in YAML)
 
 Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl and a
-contact-sheet.png per prompt. Running the same command again skips finished
+contact-sheet.png per prompt, and OUT/index.html shows them all. Running the same command again skips finished
 images; --overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures += result.failures
     print(f"{result.written} images written, {result.skipped} already done, to {args.out}")
+    print(f"gallery: {write_gallery(args.out, failures)}")
     if result.contact_sheets:
         print("contact sheets:")
         for path in result.contact_sheets:

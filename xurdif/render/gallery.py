@@ -15,9 +15,9 @@ from .outputs import CONTACT, MANIFEST
 
 INDEX = "index.html"
 CSS = """body{font:14px system-ui,sans-serif;margin:1.2em;color:#222}h1{font-size:1.4em}
-h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}.sheet{image-rendering:pixelated;max-width:420px}
-.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:260px;font-size:12px}
-.card img{image-rendering:pixelated;width:128px}.card code{display:block;white-space:pre-wrap;word-break:break-all;
+h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}.sheet{image-rendering:pixelated;width:min(100%,320px)}
+.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:250px;font-size:12px}
+.card img{image-rendering:pixelated;width:96px}.card code{display:block;white-space:pre-wrap;word-break:break-all;
 background:#f6f6f6;padding:4px;margin-top:4px}.failures li{color:#a00}.meta{color:#666}"""
 
 
@@ -57,9 +57,13 @@ def rerender_command(rec: dict, out: str = "rerender") -> str:
 
 
 def params_text(p: dict) -> str:
+    """The options that shaped this image; those with no effect (eta off ddim, strength
+    without init, defaults) are left out."""
+    skip = {"eta": p.get("sampler") != "ddim", "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
+            "weights": p.get("weights", "ema") == "ema"}
     keys = ("steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post", "weights")
     parts = [f"{k}={'x'.join(map(str, p[k])) if k == 'size' and p[k] else p[k]}"
-             for k in keys if p.get(k) not in (None, "")]
+             for k in keys if p.get(k) not in (None, "") and not skip.get(k)]
     return " ".join(parts)
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("xurdif.train")
-ARTEFACTS = ("recipe.yaml", "samples", "tb", "checkpoints", "model.safetensors")
+ARTEFACTS = ("recipe.yaml", "samples", "tb", "checkpoints", "model.safetensors", "report.html")
 ABORTED = ".aborted-"
 
 

@@ -54,6 +54,15 @@ GRID: dict[str, list[str]] = {
     "edm-small": [*EDM, "model.preset=small"],
     "edm-lr2e-3-aug": [*EDM, "optim.lr=2e-3", "augment.p=0.15"],
     "edm-lr2e-3-s1": [*EDM, "optim.lr=2e-3", "train.seed=1"],
+    # Second round: EDM's log-normal levels (P_mean -1.2) starve the high noise levels that
+    # decide a sprite's layout in a short run; uniform timesteps on the cosine schedule do not.
+    "edm-uniform": [*EDM, "diffusion.noise_dist=uniform"],
+    "edm-uniform-s1": [*EDM, "diffusion.noise_dist=uniform", "train.seed=1"],
+    "edm-uniform-lr2e-3": [*EDM, "diffusion.noise_dist=uniform", "optim.lr=2e-3"],
+    "edm-wide": [*EDM, "diffusion.p_mean=0.0", "diffusion.p_std=1.6"],
+    "base-lr2e-3": ["optim.lr=2e-3"],
+    "base-aug": ["augment.p=0.15"],
+    "base-ema999": ["ema.decay=0.999"],
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no
@@ -163,13 +172,10 @@ def real_images_and_features(args, extractor):
     features, cached on disk keyed by the folder's contents and the size."""
     from xurdif.evaluate import list_images, load_images
     from xurdif.evaluate.cache import cache_path, cached_features
-    from xurdif.evaluate.images import as_uint8, resize_to
 
     paths = list_images(args.data)
-    real = load_images(paths)  # transparent pixels on white, like the trainer's default background
-    if real.shape[-1] != args.size or real.shape[-2] != args.size:
-        real = as_uint8(resize_to(real, (args.size, args.size)))
-    path = cache_path(args.data, paths, f"{extractor.name}:train-size{args.size}")
+    real = load_images(paths, args.size)  # as the trainer sees them: resized, centre-cropped, on white
+    path = cache_path(args.data, paths, f"{extractor.name}:view{args.size}x{args.size}")
     feats, hit = cached_features(path, lambda: extractor(real))
     print(f"real: {real.shape[0]} images at {args.size} px, features {'cached' if hit else 'computed'} ({path})",
           flush=True)

@@ -253,3 +253,74 @@ def test_downscale_is_antialiased(tmp_path):
     save(tmp_path / "c.png", np.stack([board] * 3, -1))
     px = to_uint8(open_dataset(cfg(tmp_path)).get([0], [0])[0])
     assert (px - 128).abs().max() <= 3
+
+
+# ---------------------------------------------------------------- one reader for every picture
+
+
+def sideways_photo(path: Path) -> Path:
+    """A 16x8 picture stored the way a phone stores a portrait photo: pixels on their side,
+    EXIF orientation 6 ("rotate 90 degrees clockwise to show"). Upright it is 8 wide, 16 high,
+    red on top (the stored left half) and blue below."""
+    a = np.zeros((8, 16, 3), np.uint8)
+    a[:, :8] = (255, 0, 0)
+    a[:, 8:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(path, exif=exif.tobytes())
+    return path
+
+
+def test_exif_orientation_is_applied_to_training_init_and_guide_images(tmp_path):
+    from xurdif.guidance.images import load_image
+    from xurdif.render.jobs import Job
+    from xurdif.render.run import load_init
+
+    (tmp_path / "data").mkdir()
+    photo = sideways_photo(tmp_path / "data" / "photo.png")
+    ds = open_dataset(cfg(tmp_path / "data", size=8, cache_max_images=0))
+    upright = ds.image(0)
+    assert tuple(upright.shape) == (3, 16, 8)
+    assert upright[:, 0, 0].tolist() == [255, 0, 0] and upright[:, 15, 0].tolist() == [0, 0, 255]
+    guide = load_image(str(photo), "target")
+    assert tuple(guide.shape) == (1, 3, 16, 8) and guide[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    init, (w, h) = load_init(Job(prompt="x", init=str(photo)), None, 16, 8)
+    assert (w, h) == (8, 16) and tuple(init.shape) == (3, 16, 8)
+    assert init[:, 0, 4].tolist() == [1.0, 0.0, 0.0] and init[:, 15, 4].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_extreme_aspect_ratio_is_cropped_before_resizing_so_memory_stays_bounded(tmp_path):
+    # 100000 x 1 pixels: a 400-byte PNG. Resized to a short side of 8 it would be
+    # 800000 x 8 x 3 = 19.2 MB in the cache (3 GB for a 1,000,000 x 1 strip at 32 px).
+    save(tmp_path / "strip.png", np.tile(np.array([[[200, 100, 50]]], np.uint8), (1, 100_000, 1)))
+    solid(tmp_path / "square.png", w=8, h=8)
+    ds = open_dataset(cfg(tmp_path, size=8))
+    assert ds.cache_bytes() == 3 * 8 * (4 * 8) + 3 * 8 * 8  # the strip keeps 4:1 of its centre
+    assert tuple(ds.image(1).shape) == (3, 8, 32)
+    assert to_uint8(ds.get([1], [0])[0])[:, 4, 4].tolist() == [200, 100, 50]
+
+
+def test_tiff_and_exotic_files_are_read_or_skipped_by_name(tmp_path, caplog):
+    solid(tmp_path / "a.TIF", (1, 2, 3))
+    solid(tmp_path / "b.tiff", (4, 5, 6))
+    (tmp_path / "c.png").write_bytes(b"")                      # empty file
+    (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)  # a JPEG header, no picture
+    with caplog.at_level(logging.WARNING, logger="xurdif.data"):
+        ds = open_dataset(cfg(tmp_path))
+    assert len(ds) == 2 and sorted(Path(n).name for n, _ in ds.skipped) == ["c.png", "d.jpg"]
+    assert not any("BytesIO" in r.getMessage() for r in caplog.records)
+    assert "not an image PIL can identify" in dict((Path(n).name, r) for n, r in ds.skipped)["c.png"]
+
+
+def test_fifos_and_folders_named_like_images_are_not_read(tmp_path):
+    """Opening a FIFO blocks for ever: the scan lists regular files only."""
+    import os
+
+    solid(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.jpg").mkdir()
+    assert [p.name for p in scan_folder(tmp_path)] == ["a.png"]
+    from xurdif.data.images import BadImage, read_picture
+    for name in ("pipe.png", "folder.jpg"):
+        with pytest.raises(BadImage, match="^not a regular file$"):
+            read_picture(tmp_path / name)

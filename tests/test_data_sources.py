@@ -270,3 +270,44 @@ def test_make_shards_cli_writes_index_and_verifies(tmp_path, capsys):
     assert (tmp_path / "out" / "shard-000001.tar").read_bytes() == (tmp_path / "again" / "shard-000001.tar").read_bytes()
     assert make_shards_main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
     assert "FOLDER: folder" in capsys.readouterr().err
+
+
+def test_a_pickled_member_anywhere_is_refused_at_open_and_by_dry_run(tmp_path, capsys):
+    from xurdif.train.cli import main as launch_main
+
+    make_tar(tmp_path / "s-0.tar", [(f"{i}.png", png_bytes(i * 40)) for i in range(3)])
+    make_tar(tmp_path / "s-1.tar", [("3.png", png_bytes(10)), ("4.png", png_bytes(20)),
+                                     ("4.pyd", b"\x80\x04K\x01.")])
+    spec = tmp_path / "s-{0..1}.tar"
+    with pytest.raises(DataError) as err:
+        open_dataset(shard_cfg(spec, size=8))
+    assert str(err.value).startswith(f"data.shards: {tmp_path / 's-1.tar'} member 4.pyd is pickled data")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: p\ndata: {{source: shards, shards: '{spec}', size: 8}}\n"
+                      f"model: {{preset: tiny}}\ntrain: {{images: 100, output_dir: '{tmp_path / 'runs'}'}}\n")
+    assert launch_main([str(recipe), "--dry-run"]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "4.pyd is pickled data" in err_lines[0]
+    assert not (tmp_path / "runs").exists()
+    # Allowed: every image trains, the pickle is never read, and nothing is warned about.
+    ds = open_dataset(shard_cfg(spec, size=8, allow_pickle=True))
+    assert sum(b.shape[0] for b in ds.stream(2, epochs=1)) == 5 and ds.skipped == []
+
+
+def test_bad_members_and_shards_are_warned_once_by_name_and_counted(tmp_path, caplog):
+    make_tar(tmp_path / "s-0.tar", [("0.png", png_bytes(0)), ("1.png", b"not a png"),
+                                     ("2.png", png_bytes(200)), ("3.txt", b"caption only")])
+    make_tar(tmp_path / "s-1.tar", [("4.png", png_bytes(100)), ("5.png", png_bytes(50))])
+    (tmp_path / "s-2.tar").write_bytes(b"this is not a tar file at all" * 40)
+    with caplog.at_level(logging.WARNING, logger="xurdif.data"):
+        ds = open_dataset(shard_cfg(tmp_path / "s-{0..2}.tar", size=8, num_workers=2, shuffle_buffer=2))
+        got = sum(b.shape[0] for b in ds.stream(2, seed=1, epochs=6))
+    assert got == 6 * 4
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    s0, s2 = tmp_path / "s-0.tar", tmp_path / "s-2.tar"
+    assert sorted(warned) == sorted([
+        f"skipping shard member {s0}:1: not an image PIL can identify",
+        f"skipping shard member {s0}:3: no image member (has txt)",
+        f"skipping shard {s2}: not a tar archive, or damaged before its first member"])
+    assert len(warned) == 3 and not any("BytesIO" in w or "None" in w for w in warned)
+    assert ds.describe().startswith("5 images in 2 shards from ") and "(3 skipped)" in ds.describe()

@@ -283,3 +283,49 @@ def test_cli_samples_a_model_then_scores_it(tmp_path, capsys):
     assert (samples / "00001.png").stat().st_mtime_ns == before
     assert main(["--real", str(real)]) == 2
     assert "give --fake FOLDER or --model MODEL" in capsys.readouterr().err
+
+
+def test_real_images_are_read_as_training_sees_them(tmp_path):
+    """Evaluation compares samples with what the model was trained on: the dataset's
+    resize-and-centre-crop, transparency on white and EXIF orientation, never a stretch."""
+    from xurdif.data import open_dataset
+    from xurdif.recipe import DataCfg
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(tmp_path / "a-wide.png")
+    Image.fromarray(rng.integers(0, 255, (60, 24, 4), dtype=np.uint8), "RGBA").save(tmp_path / "b-tall.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (20, 36, 3), dtype=np.uint8)).save(tmp_path / "c-photo.png",
+                                                                             exif=exif.tobytes())
+    real = load_folder(tmp_path, 16)
+    ds = open_dataset(DataCfg(path=str(tmp_path), size=16, crop="center"))
+    trained_on = ((ds.get(range(3), [0, 0, 0]) + 1) * 127.5).round().to(torch.uint8)
+    assert real.dtype == torch.uint8 and real.shape == (3, 3, 16, 16)
+    assert torch.equal(real, trained_on)
+
+
+def test_samples_of_another_size_are_left_out_with_one_warning(tmp_path, caplog):
+    import logging
+
+    from xurdif.evaluate.images import load_samples
+
+    names = sorted(p.name for p in FIXTURE.glob("*.png"))[:3]
+    fake = copy_images(names, tmp_path / "fake")
+    Image.new("RGB", (70, 70), "white").save(fake / "contact-sheet.png")  # a grid of the samples
+    (fake / "zz-cut.png").write_bytes((fake / names[0]).read_bytes()[:60])
+    with caplog.at_level(logging.WARNING, logger="xurdif.evaluate"):
+        images, kept = load_samples(list_images(fake))
+    assert images.shape == (3, 3, 32, 32) and [p.name for p in kept] == names
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and warned[0].startswith(f"skipping 1 unreadable image: {fake / 'zz-cut.png'} (")
+    assert warned[1] == (f"skipping 1 image whose size differs from the other 3 (32x32): "
+                         f"{fake / 'contact-sheet.png'} (70x70)")
+
+
+def test_damaged_model_is_one_line(tmp_path, capsys):
+    cut = tmp_path / "m.safetensors"
+    cut.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    assert main(["--real", str(FIXTURE), "--model", str(cut), "--samples", "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {cut}: not a valid model file (truncated or not safetensors)"]

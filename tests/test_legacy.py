@@ -4,6 +4,8 @@ the imported networks must compute exactly what the originals' weights compute."
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import runpy
@@ -116,13 +118,25 @@ def run_import(tmp_path: Path, ckpt: dict, *args: str) -> Path:
     return out
 
 
+def import_fails(capsys, argv: list[str]) -> str:
+    """The one stderr line of a refused import (exit 2, like every tool given a bad model file)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("import_urdiffusion: ")
+    return err[0]
+
+
 def import_error(tmp_path: Path, ckpt: dict, *args: str) -> str:
     src, out = tmp_path / "model-12.pt", tmp_path / "legacy.safetensors"
     torch.save(ckpt, src)
-    with pytest.raises(SystemExit) as e:
-        main([str(src), "--out", str(out), *args])
-    assert not out.exists()
-    return str(e.value.code)
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        rc = main([str(src), "--out", str(out), *args])
+    assert rc == 2 and not out.exists()
+    lines = buf.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("import_urdiffusion: ")
+    return lines[0]
 
 
 # --- the networks match the originals' sizes ---------------------------------
@@ -294,13 +308,28 @@ def test_pickled_objects_need_trust_pickle(tiny, tmp_path):
         assert torch.equal(net(x, t), tiny[1](x, t))
 
 
-def test_not_a_checkpoint(tmp_path):
+def test_not_a_checkpoint(tmp_path, capsys):
     assert "not an urdiffusion/xurdif checkpoint" in import_error(tmp_path, {"weights": torch.zeros(1)})
     (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(SystemExit, match="cut.pt: not a readable torch checkpoint"):
-        main([str(tmp_path / "cut.pt"), "--out", str(tmp_path / "x.safetensors")])
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        main([str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.safetensors")])
+    assert "cut.pt: not a readable torch checkpoint" in import_fails(
+        capsys, [str(tmp_path / "cut.pt"), "--out", str(tmp_path / "x.safetensors")])
+    assert "checkpoint not found" in import_fails(
+        capsys, [str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_damaged_init_from_model_is_one_line_before_any_run_folder(tmp_path, capsys):
+    from xurdif.train.cli import main as launch_main
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1")  # a safetensors header, cut short
+    recipe = str(ROOT / "tests" / "recipes" / "fixture.yaml")
+    for extra in (["--dry-run"], []):
+        capsys.readouterr()
+        rc = launch_main([recipe, f"train.output_dir={tmp_path / 'run'}", f"model.init_from={cut}", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"{recipe}: model.init_from: {cut}: not a valid model file "
+                                   "(truncated or not safetensors)"]
+        assert not (tmp_path / "run").exists()
 
 
 def test_command_line_tool_help(monkeypatch, capsys):
@@ -418,7 +447,7 @@ def test_imported_urdiffusion_models_render_with_sample_tool(genuine, tmp_path, 
             with pytest.raises(SystemExit) as e:
                 runpy.run_path(str(ROOT / "tools" / "sample.py"), run_name="__main__")
             assert e.value.code in (0, None)
-            files = sorted(out.glob("*/[0-9]*.png"))
+            files = sorted(f for f in out.glob("*/[0-9]*.png") if f.parent.name != "contact-sheets")
             assert [f.name for f in files] == ["7.png", "8.png"]
             pictures[mtype, weights] = [np.asarray(Image.open(f).convert("RGB")) for f in files]
             assert all(p.shape == (16, 16, 3) and p.std() > 0 for p in pictures[mtype, weights])

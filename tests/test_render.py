@@ -50,7 +50,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def images(out: Path) -> dict[str, np.ndarray]:
-    return {p.relative_to(out).as_posix(): pixels(p) for p in sorted(out.glob("*/[0-9]*.png"))}
+    return {p.relative_to(out).as_posix(): pixels(p) for p in sorted(out.glob("[0-9]*/*.png"))}
 
 
 def manifest(out: Path) -> list[dict]:
@@ -154,13 +154,17 @@ def test_render_outputs_metadata_resume_and_overwrite(model_file, tmp_path):
     assert text["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     recs = manifest(out)
     assert sorted(r["file"] for r in recs) == sorted(got) and recs[0]["model_sha256"] == text["model_sha256"]
-    assert len(res.contact_sheets) == 2 and all(p.name == "contact-sheet.png" for p in res.contact_sheets)
+    # Contact sheets lie beside the prompt folders, which hold samples only (tools/evaluate.py
+    # --fake on a prompt folder must not score a sheet as one more sample).
+    assert res.contact_sheets == [out / "contact-sheets" / "0000-etc-passwd.png",
+                                  out / "contact-sheets" / "0001-a-face.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("[0-9]*/*")) == sorted(got)
     assert pixels(res.contact_sheets[0]).shape == (2 + 2 * 18, 2 + 2 * 26, 3)  # 3 images on a 2x2 grid
 
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/[0-9]*.png")}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*.png")}
     again = render(model_file, jobs, out, batch_size=2, progress=False)
     assert again.written == 0 and again.skipped == 5
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/[0-9]*.png")} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*.png")} == mtimes
     redo = render(model_file, jobs, out, batch_size=2, progress=False, overwrite=True)
     assert redo.written == 5 and len(manifest(out)) == 5
     assert all(np.array_equal(a, images(out)[k]) for k, a in got.items())  # reproducible pixels
@@ -198,6 +202,53 @@ def test_cli_missing_model_is_one_line(tmp_path, capsys):
     rc = main([str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "model file not found" in err[0] and "nope" in err[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+def test_cli_damaged_model_file_is_one_line(model_file, tmp_path, capsys, damage):
+    data = model_file.read_bytes()
+    bad = tmp_path / "run" / "model.safetensors"
+    bad.parent.mkdir()
+    bad.write_bytes({"truncated": data[:len(data) // 2], "not safetensors": b"PK\x03\x04" + data[:64],
+                     "empty": b""}[damage])
+    for model in (bad, bad.parent):  # the file, or the run folder that holds it
+        rc = main([str(model), "-o", str(tmp_path / "o"), "--no-progress", "--steps", "2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"error: {bad}: not a valid model file (truncated or not safetensors)"]
+    assert not list((tmp_path / "o").glob("*/*.png"))
+
+
+def test_cli_unusable_model_metadata_is_one_line(model_file, tmp_path, capsys):
+    from xurdif.weights import load_state, read_meta
+
+    meta = read_meta(model_file)
+    meta.schedule, meta.value_range = "weird", (1.0, 1.0)
+    bad = tmp_path / "bad.safetensors"
+    save_model_file(bad, meta, load_state(model_file, "model"), None)
+    rc = main([str(bad), "-o", str(tmp_path / "o"), "--no-progress", "--steps", "2"])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [
+        f"error: {bad}: unusable model metadata: schedule 'weird' (valid: cosine, linear, cosine_urdiffusion); "
+        "value_range [1.0, 1.0] (must be [low, high] with low < high)"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_are_as_readable_as_the_umask_allows(model_file, tmp_path, umask):
+    """Run folders on a shared file system are read by other users and machines: every file
+    gets the mode a plain open() would give, 0666 minus the umask (mkstemp alone gives 0600)."""
+    from xurdif.atomic import atomic_write
+
+    old = os.umask(umask)
+    try:
+        jobs, _ = parse_prompts_text("a | n=1 steps=2\n", "p.txt", Job())
+        res = render(model_file, jobs, tmp_path / "out", batch_size=1, progress=False)
+        with atomic_write(tmp_path / "m.safetensors") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    files = [res.contact_sheets[0], *(tmp_path / "out").glob("[0-9]*/[0-9]*.png"),
+             tmp_path / "out" / "manifest.jsonl", tmp_path / "m.safetensors"]
+    assert len(files) == 4
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o666 & ~umask)}
 
 
 def test_reconcile_repairs_any_interrupted_state(tmp_path):

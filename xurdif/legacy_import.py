@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict:
             f"{path}: holds objects that need full unpickling, which can run arbitrary code; "
             "rerun with --trust-pickle only if you trust where this file came from"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch file at all
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file at all (torch raises many types)
         raise LegacyImportError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise LegacyImportError(
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         meta = import_checkpoint(args.checkpoint, args.out, trust_pickle=args.trust_pickle,
                                  image_size=args.size, mults=args.mults)
     except LegacyImportError as e:
-        raise SystemExit(f"import_urdiffusion: {e}") from None
+        print(f"import_urdiffusion: {e}", file=sys.stderr)  # one line, exit 2 like the other tools
+        return 2
     print(f"wrote {args.out}: {meta.architecture} {meta.net_config}, prediction {meta.prediction}, "
           f"{meta.timesteps} timesteps, value range {list(meta.value_range)}")
     return 0

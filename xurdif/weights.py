@@ -7,11 +7,13 @@ Tensors are stored as `ema.<param>` and `model.<param>`.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .atomic import atomic_write
@@ -19,6 +21,31 @@ from .models import build_network
 
 FORMAT = "xurdif-model-1"
 WEIGHTS = ("ema", "model")
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message is one line naming the file."""
+
+
+def _not_a_model_file(path: str | Path) -> ModelFileError:
+    return ModelFileError(f"{path}: not a valid model file (truncated or not safetensors)")
+
+
+@contextmanager
+def _open_model_file(path: str | Path) -> Iterator:
+    """safe_open, with a damaged or foreign file reported as ModelFileError.
+
+    safetensors checks the header and that the data it describes lies inside the file, so
+    a truncated file fails here rather than as garbage weights.
+    """
+    if not Path(path).is_file():
+        raise ModelFileError(f"{path}: model file not found (give a run folder or a .safetensors file)")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        raise _not_a_model_file(path) from None
+    with handle as f:
+        yield f
 
 
 @dataclass
@@ -57,24 +84,50 @@ class ModelMeta:
     @classmethod
     def from_metadata(cls, md: dict[str, str], path: str | Path = "") -> "ModelMeta":
         if md.get("format") != FORMAT:
-            raise ValueError(
+            raise ModelFileError(
                 f"{path}: not an xurdif model file (metadata 'format' is {md.get('format')!r}, "
                 f"expected {FORMAT!r}); import legacy checkpoints with tools/import_urdiffusion.py"
             )
-        return cls(
-            architecture=md["architecture"],
-            net_config=json.loads(md["net_config"]),
-            schedule=md.get("schedule", "cosine"),
-            timesteps=int(md.get("timesteps", 1000)),
-            prediction=md.get("prediction", "eps"),
-            value_range=tuple(json.loads(md.get("value_range", "[-1, 1]"))),
-            image_size=tuple(json.loads(md.get("image_size", "[64, 64]"))),
-            recipe=md.get("recipe", ""),
-            source=md.get("source", ""),
-            extra=json.loads(md.get("extra", "{}")),
-            step=int(md["step"]) if "step" in md else None,
-            images_seen=int(md["images_seen"]) if "images_seen" in md else None,
-        )
+        try:
+            return cls(
+                architecture=md["architecture"],
+                net_config=json.loads(md["net_config"]),
+                schedule=md.get("schedule", "cosine"),
+                timesteps=int(md.get("timesteps", 1000)),
+                prediction=md.get("prediction", "eps"),
+                value_range=tuple(json.loads(md.get("value_range", "[-1, 1]"))),
+                image_size=tuple(json.loads(md.get("image_size", "[64, 64]"))),
+                recipe=md.get("recipe", ""),
+                source=md.get("source", ""),
+                extra=json.loads(md.get("extra", "{}")),
+                step=int(md["step"]) if "step" in md else None,
+                images_seen=int(md["images_seen"]) if "images_seen" in md else None,
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelFileError(f"{path}: damaged model metadata ({type(e).__name__}: {e})") from None
+
+    def check(self, path: str | Path = "") -> "ModelMeta":
+        """Refuse metadata sampling cannot use, naming the file, before any network is built."""
+        from .diffusion.prediction import PREDICTIONS
+        from .diffusion.schedule import SCHEDULES
+
+        problems = []
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
+        if self.prediction not in PREDICTIONS:
+            problems.append(f"prediction {self.prediction!r} (valid: {', '.join(PREDICTIONS)})")
+        if not self.timesteps >= 1:
+            problems.append(f"timesteps {self.timesteps} (must be >= 1)")
+        lo_hi = self.value_range
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
+            problems.append(f"value_range {list(lo_hi)} (must be [low, high] with low < high)")
+        if len(self.image_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in self.image_size):
+            problems.append(f"image_size {list(self.image_size)} (must be [height, width], positive)")
+        if not isinstance(self.net_config, dict):
+            problems.append("net_config (must be a JSON object)")
+        if problems:
+            raise ModelFileError(f"{path}: unusable model metadata: {'; '.join(problems)}")
+        return self
 
 
 def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_state: dict | None) -> None:
@@ -87,32 +140,41 @@ def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_st
 
 
 def read_meta(path: str | Path) -> ModelMeta:
-    with safe_open(str(path), framework="pt") as f:
-        return ModelMeta.from_metadata(f.metadata() or {}, path)
+    with _open_model_file(path) as f:
+        return ModelMeta.from_metadata(f.metadata() or {}, path).check(path)
 
 
 def load_state(path: str | Path, weights: str = "ema") -> dict[str, torch.Tensor]:
     """One set of weights; falls back to `model` when a file has no EMA."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    with safe_open(str(path), framework="pt") as f:
+    with _open_model_file(path) as f:
         keys = list(f.keys())
         prefix = weights + "."
         if not any(k.startswith(prefix) for k in keys):
             prefix = "model."
-        return {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+        try:
+            return {k[len(prefix):]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+        except (SafetensorError, OSError, ValueError, RuntimeError):
+            raise _not_a_model_file(path) from None
 
 
 def load_network(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, ModelMeta]:
     """Build the network named in the file's metadata and load it strictly."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
     meta = read_meta(path)
-    net = build_network(meta.architecture, meta.net_config)
-    missing, unexpected = net.load_state_dict(load_state(path, weights), strict=False)
+    try:
+        net = build_network(meta.architecture, meta.net_config)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: metadata describes no network this version can build "
+                             f"({meta.architecture} {meta.net_config}: {e})") from None
+    try:
+        missing, unexpected = net.load_state_dict(load_state(path, weights), strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise ModelFileError(f"{path}: weights do not match architecture {meta.architecture}: "
+                             f"{str(e).strip().splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ValueError(
+        raise ModelFileError(
             f"{path}: weights do not match architecture {meta.architecture}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )

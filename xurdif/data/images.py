@@ -1,7 +1,10 @@
-"""Decoding one image: bytes or file -> RGB uint8 tensor [3, h, w] whose short side is `size`.
+"""Reading pictures, once for every reader: training data (folder, hf, shards), init and
+guide images, and evaluation.
 
-Every source (folder, hf, shards) decodes through `decode_image`, so the same file
-gives the same tensor whichever source reads it.
+`read_picture` is the one way a file becomes pixels: bomb and corrupt-file checks, the
+first frame of an animation, EXIF orientation, transparency on a background colour.
+`decode_image` adds training's aspect-preserving resize (short side == size), and
+`training_view` its centre crop, so evaluation sees what training saw.
 """
 from __future__ import annotations
 
@@ -13,9 +16,17 @@ from typing import BinaryIO, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageOps
+
+from xurdif.recipe.schema import DataCfg
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS: int = DataCfg.max_image_pixels  # readers without a recipe use its default
+# Training crops a square from a picture whose short side is `size`: a very long strip
+# would otherwise be kept (and cached) at size x (size * aspect) pixels, 3 GB for a
+# 1,000,000 x 1 strip at 32 px. Cropping the long side to MAX_ASPECT x the short side
+# before resizing bounds every decoded image at size x MAX_ASPECT * size.
+MAX_ASPECT = 4
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
 
@@ -41,9 +52,22 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
 
 
+def find_image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, extensions in any case, sorted by relative path.
+
+    Hidden files and folders are left out: '._x.png' files are macOS metadata, not images,
+    and '.xurdif-cache' style folders are ours.
+    """
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if is_image_name(f) and not f.startswith(".")
+                  and os.path.isfile(os.path.join(root, f))]  # not a FIFO or socket: reading one blocks
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Composite anything with transparency on the background; convert grey/CMYK/palette to RGB.
-    Every picture xurdif reads (training data, init, guide and evaluation images) goes through it."""
+    """Composite anything with transparency on the background; convert grey/CMYK/palette to RGB."""
     if im.mode == "P":
         # Palette images may carry transparency in their info dict; RGBA keeps it.
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -63,6 +87,58 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     return im.convert("RGB")
 
 
+def _reason(e: BaseException) -> str:
+    if isinstance(e, Image.UnidentifiedImageError):
+        # PIL's text names the stream object ("<_io.BytesIO object at 0x...>"), not the file.
+        return "not an image PIL can identify"
+    return str(e) or type(e).__name__
+
+
+def read_picture(src: ImageSource, background: tuple[int, int, int] = (255, 255, 255),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool = False) -> Image.Image:
+    """An RGB PIL image, upright (EXIF orientation applied), transparency on `background`
+    (grey: the plain luminance, alpha ignored, for masks).
+    Raises BadImage with a one-line reason for any file that cannot be used."""
+    if isinstance(src, bytes):
+        src = io.BytesIO(src)
+    elif isinstance(src, (str, os.PathLike)) and os.path.exists(src) and not os.path.isfile(src):
+        raise BadImage("not a regular file")  # a folder, or a FIFO whose open() would block
+    try:
+        with warnings.catch_warnings():
+            # Our own limit is checked below; PIL's warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(src) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise BadImage(f"{w}x{h} = {w * h} pixels is more than data.max_image_pixels={max_pixels}")
+                if w < 1 or h < 1:
+                    raise BadImage(f"{w}x{h} has no pixels")
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)  # first frame of an animation / multi-picture file
+                im.load()
+                # A phone photo stores its pixels sideways plus an orientation tag.
+                upright = ImageOps.exif_transpose(im)
+                return upright.convert("L") if grey else to_rgb(upright, background)
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"decompression bomb: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a hostile file can make PIL raise almost anything
+        raise BadImage(_reason(e)) from None
+
+
+def bound_aspect(im: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the long side to at most max_aspect x the short side."""
+    w, h = im.size
+    if w > max_aspect * h:
+        left = (w - max_aspect * h) // 2
+        return im.crop((left, 0, left + max_aspect * h, h))
+    if h > max_aspect * w:
+        top = (h - max_aspect * w) // 2
+        return im.crop((0, top, w, top + max_aspect * w))
+    return im
+
+
 def resize_short_side(im: Image.Image, size: int) -> Image.Image:
     """Aspect-preserving Lanczos resize so that the short side equals `size`."""
     w, h = im.size
@@ -73,31 +149,43 @@ def resize_short_side(im: Image.Image, size: int) -> Image.Image:
     return im.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], max_pixels: int) -> torch.Tensor:
-    """RGB uint8 [3, h, w] with min(h, w) == size. Raises BadImage with a reason for any bad file."""
-    if isinstance(src, bytes):
-        src = io.BytesIO(src)
-    try:
-        with warnings.catch_warnings():
-            # Our own limit is checked below; PIL's warning would only duplicate it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(src) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise BadImage(f"{w}x{h} = {w * h} pixels is more than data.max_image_pixels={max_pixels}")
-                if im.format in ("GIF", "MPO") or getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)  # first frame of an animation / multi-picture file
-                im.load()
-                im = resize_short_side(to_rgb(im, background), size)
-                arr = np.array(im, dtype=np.uint8)  # a writable copy torch can own
-    except BadImage:
-        raise
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"decompression bomb: {e}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as e:
-        # Truncated files raise OSError, unreadable headers UnidentifiedImageError/SyntaxError.
-        raise BadImage(str(e) or type(e).__name__) from None
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 [3, h, w]."""
+    arr = np.array(im, dtype=np.uint8)  # a writable copy torch can own
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], max_pixels: int) -> torch.Tensor:
+    """RGB uint8 [3, h, w] with min(h, w) == size and max(h, w) <= MAX_ASPECT * size.
+    Raises BadImage with a reason for any bad file."""
+    im = read_picture(src, background, max_pixels)
+    try:
+        return to_tensor(resize_short_side(bound_aspect(im), size))
+    except (OSError, ValueError, MemoryError) as e:
+        raise BadImage(_reason(e)) from None
+
+
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] (short side == size) -> [3, size, size], as data.crop: center does."""
+    from xurdif.data.augment import crop_flip
+
+    return crop_flip(img, size, "center", False, 0)
+
+
+def training_view(src: ImageSource, size: int | tuple[int, int], background: tuple[int, int, int] = (255, 255, 255),
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """uint8 [3, size, size]: the picture exactly as training with data.crop: center sees it.
+    A (height, width) size scales the picture to cover it and centre-crops (renders at
+    another aspect ratio); a square one is the same as an int."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if h == w:
+        return center_crop(decode_image(src, h, background, max_pixels), h)
+    im = bound_aspect(read_picture(src, background, max_pixels))
+    scale = max(w / im.width, h / im.height)
+    im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
+                   Image.Resampling.LANCZOS, reducing_gap=3.0)
+    top, left = (im.height - h) // 2, (im.width - w) // 2
+    return to_tensor(im)[:, top:top + h, left:left + w].contiguous()
 
 
 def check_header(src: ImageSource, max_pixels: int) -> None:
@@ -111,10 +199,12 @@ def check_header(src: ImageSource, max_pixels: int) -> None:
                 w, h = im.size
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb: {e}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
+    except Exception as e:  # noqa: BLE001 - see read_picture
+        raise BadImage(_reason(e)) from None
     if w * h > max_pixels:
         raise BadImage(f"{w}x{h} = {w * h} pixels is more than data.max_image_pixels={max_pixels}")
+    if w < 1 or h < 1:
+        raise BadImage(f"{w}x{h} has no pixels")
 
 
 def display_path(path: Path) -> str:

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from xurdif.data.folder import scan_folder
-from xurdif.data.images import BadImage, DataError, decode_image, parse_colour
+from xurdif.data.images import BadImage, DataError, decode_image, parse_colour, read_picture
 from xurdif.data.shards import INDEX_NAME, image_member, read_samples
 
 log = logging.getLogger("xurdif.data")
@@ -110,9 +110,9 @@ def verify(out_dir: Path) -> list[tuple[str, int, int]]:
             data = image_member(members)
             try:
                 if data is not None:
-                    Image.open(io.BytesIO(data)).load()
+                    read_picture(data)
                     good += 1
-            except OSError:
+            except BadImage:
                 pass
         rows.append((shard["name"], int(shard["count"]), good))
     return rows

@@ -2,8 +2,14 @@
 
 A sample is the group of consecutive tar members sharing a key (the name up to the first
 dot of its file name, as webdataset defines it); its image is the member with an image
-extension. Only images are ever decoded: pickled members are refused unless
-data.allow_pickle, and even then never unpickled.
+extension. Only images are ever decoded: pickled members are never unpickled.
+
+Checked at open (so --dry-run reports it and no run folder is made): every local shard's
+member list is read (tar headers only). A pickled member is refused there, naming it,
+unless data.allow_pickle; a file that is not a tar is skipped with a warning, a damaged
+one is read up to the damage. pipe: shards cannot be read twice, so what streaming finds
+in them is skipped with a warning instead. Every problem is warned once, by name, and
+counted in describe().
 
 Determinism: epoch e reads the shards in an order drawn from (seed, e); each logical worker
 (rank r, worker w) takes every T-th shard (or every T-th sample when there are fewer shards
@@ -20,9 +26,9 @@ import random
 import re
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -58,11 +64,15 @@ class ShardList:
 def _read_index(path: Path) -> ShardList:
     try:
         index = json.loads(path.read_text())
-        names = [s["name"] for s in index["shards"]]
+        names = [str(s["name"]) for s in index["shards"]]
         counts = [int(s["count"]) for s in index["shards"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"data.shards: {path} is not a shard index ({e}); make one with tools/make_shards.py") from None
     urls = [str(path.parent / n) for n in names]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"data.shards: shard {missing[0]} listed in {path} does not exist{more}")
     return ShardList(urls, counts, index.get("size"), display_path(path))
 
 
@@ -121,9 +131,39 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def read_samples(url: str, allow_pickle: bool) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for every sample of one shard, in tar order."""
+class ShardProblem(Exception):
+    """Raised by read_samples for a damaged shard; `after` names the last member read."""
+
+    def __init__(self, reason: str, after: Optional[str]):
+        super().__init__(reason)
+        self.reason, self.after = reason, after
+
+
+def _damage(url: str, after: Optional[str], err: BaseException) -> str:
+    if after is None:
+        return "not a tar archive, or damaged before its first member"
+    text = (str(err).strip() or type(err).__name__).splitlines()[0]
+    return f"damaged after member {after} ({text}); the rest of it is skipped"
+
+
+def _pickle_text(url: str, name: str) -> str:
+    return (f"data.shards: {url} member {name} is pickled data, which can run code when loaded; "
+            "set data.allow_pickle: true to read these shards (pickled members are still never unpickled)")
+
+
+def _warn(where: str, reason: str) -> None:
+    log.warning("skipping %s: %s", where, reason)
+
+
+def read_samples(url: str, allow_pickle: bool, report: Callable[[str, str], None] = _warn
+                 ) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for every sample of one shard, in tar order.
+
+    Pickled members are never read; without data.allow_pickle each is reported (open()
+    refuses local shards that hold any, so this only happens for pipe: shards or a shard
+    changed since). A damaged tar is reported and read up to the damage."""
     current: Optional[str] = None
+    last: Optional[str] = None
     members: dict[str, bytes] = {}
     stream = _open(url)
     try:
@@ -132,23 +172,53 @@ def read_samples(url: str, allow_pickle: bool) -> Iterator[tuple[str, dict[str, 
                 if not info.isfile():
                     continue
                 key, ext = _split_name(info.name)
-                if ext in PICKLE_KEYS and not allow_pickle:
-                    raise DataError(f"data.shards: {url} member {info.name} is pickled data, which can run code "
-                                    "when loaded; set data.allow_pickle: true to read these shards "
-                                    "(pickled members are still never unpickled)")
+                last = info.name
+                if ext in PICKLE_KEYS:
+                    if not allow_pickle:
+                        report(f"{url}:{info.name}", "pickled data (can run code when loaded); not read, "
+                                                     "set data.allow_pickle: true to silence this")
+                    continue
                 if key != current:
                     if current is not None:
                         yield current, members
                     current, members = key, {}
                 data = tar.extractfile(info)
                 members[ext] = data.read() if data is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as e:
-        # A damaged tar: keep what was read, name the shard, go on with the next one.
-        log.warning("shard %s is damaged after sample %s (%s); the rest of it is skipped", url, current, e)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        report(url, _damage(url, last, e))
     finally:
         stream.close()
     if current is not None:
         yield current, members
+
+
+@dataclass
+class ShardScan:
+    """What open() learns from the member lists of the local shards."""
+    images: int = 0
+    pickled: list[tuple[str, str]] = field(default_factory=list)   # (url, member)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
+    unreadable: set[str] = field(default_factory=set)              # not a tar at all
+
+
+def scan_shard(url: str, scan: ShardScan) -> None:
+    """Read one local shard's tar headers (seeking over the data of an uncompressed tar)."""
+    last: Optional[str] = None
+    try:
+        with tarfile.open(url, mode="r:*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                last = info.name
+                _, ext = _split_name(info.name)
+                if ext in PICKLE_KEYS:
+                    scan.pickled.append((url, info.name))
+                elif ext in IMAGE_KEYS:
+                    scan.images += 1
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        scan.problems.append((url, _damage(url, last, e)))
+        if last is None:
+            scan.unreadable.add(url)
 
 
 def image_member(members: dict[str, bytes]) -> Optional[bytes]:
@@ -194,34 +264,68 @@ class ShardStream:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.background = parse_colour(cfg.background)
         self.shards = find_shards(cfg, base_dir)
+        self._all_urls = set(self.shards.urls)
         self.skipped: list[tuple[str, str]] = []
-        self._check_first_shard()
+        self._reported: set[str] = set()
+        self._pending: list[tuple[str, str]] = []  # found by this process, not yet handed to stream()
+        self._scanned_images: Optional[int] = None
+        self._check_shards()
 
-    def _check_first_shard(self) -> None:
-        """Refuse pickles and unreadable shards at open, before training starts."""
-        url = self.shards.urls[0]
-        if url.startswith("pipe:"):
-            return  # reading it would run the command once more
-        for n, (_, members) in enumerate(read_samples(url, self.cfg.allow_pickle)):
-            if image_member(members) is not None or n >= 8:
-                return
-        raise DataError(f"data.shards: {url} holds no image members ({', '.join(IMAGE_KEYS)})")
+    def _check_shards(self) -> None:
+        """Refuse pickles and warn about unreadable shards at open, before training starts."""
+        local = [u for u in self.shards.urls if not u.startswith("pipe:")]
+        if not local:
+            return  # reading a pipe: would run the command once more
+        scan = ShardScan()
+        for url in local:
+            scan_shard(url, scan)
+        if scan.pickled and not self.cfg.allow_pickle:
+            url, name = scan.pickled[0]
+            more = len(scan.pickled) - 1
+            raise DataError(_pickle_text(url, name) + (f" ({more} more pickled member{'s' * (more != 1)})"
+                                                       if more else ""))
+        for url, reason in scan.problems:
+            self._report(url, reason)
+        if scan.unreadable:
+            self.shards = replace(self.shards, urls=[u for u in self.shards.urls if u not in scan.unreadable],
+                                  counts=None)
+        if scan.images == 0 and len(local) == len(self.shards.urls) + len(scan.unreadable):
+            where = local[0] if len(local) == 1 else self.shards.origin
+            raise DataError(f"data.shards: {where} holds no image members ({', '.join(IMAGE_KEYS)})")
+        if len(local) == len(self.shards.urls) + len(scan.unreadable):
+            self._scanned_images = scan.images
 
     @property
     def num_images(self) -> Optional[int]:
-        return sum(self.shards.counts) if self.shards.counts is not None else None
+        if self.shards.counts is not None:
+            return sum(self.shards.counts)
+        return self._scanned_images
 
     def describe(self) -> str:
         n = len(self.shards.urls)
         count = f"{self.num_images} images in " if self.num_images is not None else ""
-        return (f"{count}{n} shard{'s' * (n != 1)} from {self.shards.origin}, streamed "
+        skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+        return (f"{count}{n} shard{'s' * (n != 1)} from {self.shards.origin}{skipped}, streamed "
                 f"(rank {self.rank} of {self.world_size}, shuffle buffer {self.cfg.shuffle_buffer}, "
                 f"{self.cfg.num_workers} workers)")
 
-    # ---- sample level
-    def _skip(self, where: str, reason: str) -> None:
+    # ---- problems: found anywhere (a DataLoader worker too), warned once per member in this process
+    def _report(self, where: str, reason: str) -> None:
+        if where in self._reported:
+            return
+        self._reported.add(where)
         self.skipped.append((where, reason))
-        log.warning("skipping shard member %s: %s", where, reason)
+        what = "shard" if where in self._all_urls else "shard member"
+        log.warning("skipping %s %s: %s", what, where, reason)
+
+    def _found(self, where: str, reason: str) -> None:
+        """A problem seen while streaming; stream() reports it (workers are other processes)."""
+        if where not in self._reported:
+            self._pending.append((where, reason))
+
+    def _take_found(self) -> list[tuple[str, str]]:
+        found, self._pending = self._pending, []
+        return found
 
     def _epoch_raw(self, seed: int, epoch: int, gid: int, total: int) -> Iterator[tuple[str, str, bytes]]:
         """(url, key, image bytes) for this logical worker in epoch `epoch`, before shuffling."""
@@ -231,11 +335,10 @@ class ShardStream:
         mine = urls[gid::total] if by_shard else urls
         j = -1
         for url in mine:
-            for key, members in read_samples(url, self.cfg.allow_pickle):
+            for key, members in read_samples(url, self.cfg.allow_pickle, self._found):
                 img = image_member(members)
                 if img is None:
-                    if by_shard or gid == 0:  # every worker reads every shard in sample mode: warn once
-                        self._skip(f"{url}:{key}", f"no image member (has {', '.join(members) or 'nothing'})")
+                    self._found(f"{url}:{key}", f"no image member (has {', '.join(members) or 'nothing'})")
                     continue
                 j += 1
                 if by_shard or j % total == gid:
@@ -270,7 +373,7 @@ class ShardStream:
                     decoded = decode_image(img, cfg.size, self.background, cfg.max_image_pixels)
                 except BadImage as e:
                     if skip <= 0:
-                        self._skip(f"{url}:{key}", str(e))
+                        self._found(f"{url}:{key}", str(e))
                     continue
                 yield crop_flip(decoded, cfg.size, cfg.crop, cfg.hflip, sample_seed(seed, epoch, url, key))
             if not any_sample:
@@ -278,15 +381,23 @@ class ShardStream:
             epoch += 1
 
     def _batches(self, batch_size: int, seed: int, gid: int, total: int, skip: int,
-                 epochs: Optional[int]) -> Iterator[torch.Tensor]:
+                 epochs: Optional[int]) -> Iterator[tuple[Optional[torch.Tensor], list[tuple[str, str]]]]:
+        """(batch, problems found since the last batch); the batch is None only at the end."""
         batch: list[torch.Tensor] = []
         for img in self._images(seed, gid, total, skip, epochs):
             batch.append(img)
             if len(batch) == batch_size:
-                yield to_model_range(torch.stack(batch))
+                yield to_model_range(torch.stack(batch)), self._take_found()
                 batch = []
-        if batch:
-            yield to_model_range(torch.stack(batch))
+        if batch or self._pending:
+            yield (to_model_range(torch.stack(batch)) if batch else None), self._take_found()
+
+    def _deliver(self, items: Iterator[tuple[Optional[torch.Tensor], list]]) -> Iterator[torch.Tensor]:
+        for batch, found in items:
+            for where, reason in found:
+                self._report(where, reason)
+            if batch is not None:
+                yield batch
 
     # ---- the Dataset interface
     def stream(self, batch_size: int, seed: int = 0, skip_images: int = 0, *, epochs: Optional[int] = None,
@@ -305,6 +416,6 @@ class ShardStream:
         skip_batches = skip_images // batch_size
         ds = _Worker(self, batch_size, seed, rank, world_size, workers, skip_batches, epochs)
         if self.cfg.num_workers == 0:
-            return iter(ds)
+            return self._deliver(iter(ds))
         loader = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, prefetch_factor=2)
-        return iter(loader)
+        return self._deliver(iter(loader))

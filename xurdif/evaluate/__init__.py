@@ -8,7 +8,7 @@ For in-training KID on EMA samples:
 """
 from .cache import folder_features
 from .fid import fid
-from .images import EvaluateError, list_images, load_folder, load_images
+from .images import EvaluateError, list_images, load_folder, load_images, load_samples
 from .inception import InceptionFeatures
 from .kid import kid
 from .memorisation import Memorisation, memorisation, memorisation_picture, pixel_memorisation
@@ -17,6 +17,7 @@ from .swd import swd
 
 __all__ = [
     "EvaluateError", "InceptionFeatures", "Memorisation", "evaluate_images", "fid", "folder_features",
-    "format_table", "kid", "list_images", "load_folder", "load_images", "memorisation", "memorisation_picture",
+    "format_table", "kid", "list_images", "load_folder", "load_images", "load_samples", "memorisation",
+    "memorisation_picture",
     "pixel_memorisation", "swd",
 ]

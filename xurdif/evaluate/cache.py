@@ -54,12 +54,16 @@ def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> tuple[to
 
 
 def folder_features(folder: str | Path, extractor, cache_dir: str | Path | None = None,
-                    images: torch.Tensor | None = None) -> tuple[torch.Tensor, Path, bool]:
+                    images: torch.Tensor | None = None,
+                    size: tuple[int, int] | None = None) -> tuple[torch.Tensor, Path, bool]:
     """Features of every image in `folder` through `extractor` (anything with a
     `name` and `images -> features`, e.g. InceptionFeatures), cached on disk.
-    `images`, when given, must be that folder's images as `load_folder` returns
-    them; it only saves reading them again. Returns (features, cache file, was_cached)."""
+    size: read the images as training sees them at that (height, width) (see load_samples);
+    part of the cache key. `images`, when given, must be that folder's images as
+    `load_folder(folder, size)` returns them; it only saves reading them again.
+    Returns (features, cache file, was_cached)."""
     paths = list_images(folder)
-    path = cache_path(folder, paths, extractor.name, cache_dir)
-    features, hit = cached_features(path, lambda: extractor(load_images(paths) if images is None else images))
+    name = extractor.name if size is None else f"{extractor.name}:view{size[0]}x{size[1]}"
+    path = cache_path(folder, paths, name, cache_dir)
+    features, hit = cached_features(path, lambda: extractor(load_images(paths, size) if images is None else images))
     return features, path, hit

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..atomic import atomic_write
 from .cache import folder_features
-from .images import EvaluateError, list_images, load_images
+from .images import EvaluateError, list_images, load_samples
 from .inception import InceptionFeatures
 from .memorisation import memorisation_picture, reference_rows
 from .suite import MEMORISATION_SPACE, evaluate_images, format_table, memorisation_details
@@ -93,13 +93,14 @@ def run(args: argparse.Namespace) -> dict:
         args.fake = args.fake or args.model.with_name(f"{args.model.stem}-samples-{args.samples}")
         render_samples(args.model, args.fake, args.samples, args.sampler, args.steps, args.device)
     real_paths, fake_paths = list_images(args.real), list_images(args.fake)
-    real = load_images(real_paths)
-    fake = load_images(fake_paths)
+    fake, fake_paths = load_samples(fake_paths)  # odd-sized files are left out with a warning
+    view = (int(fake.shape[-2]), int(fake.shape[-1]))
+    real, real_paths = load_samples(real_paths, view)  # as training saw them, at the samples' size
     extractor = InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True)
     if args.no_cache:
         real_features, cache_file, hit = None, None, False
     else:
-        real_features, cache_file, hit = folder_features(args.real, extractor, args.cache_dir, real)
+        real_features, cache_file, hit = folder_features(args.real, extractor, args.cache_dir, real, view)
     report = evaluate_images(real, fake, extractor=extractor, real_features=real_features,
                              kid_subsets=args.kid_subsets, seed=args.seed)
     json_path = args.json or default_json_path(args.fake)
@@ -124,9 +125,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..weights import ModelFileError
+
     try:
         run(args)
-    except EvaluateError as e:
+    except (EvaluateError, ModelFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

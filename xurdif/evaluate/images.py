@@ -5,16 +5,17 @@ Every metric takes images as float [0, 1] or uint8 [0, 255] tensors
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..data.images import to_rgb
+from ..data.images import IMAGE_EXTS, BadImage, find_image_files, read_picture, to_tensor, training_view
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+log = logging.getLogger("xurdif.evaluate")
 
 
 class EvaluateError(ValueError):
@@ -22,48 +23,59 @@ class EvaluateError(ValueError):
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursively, sorted), skipping hidden entries
-    such as a `.xurdif-cache` folder."""
+    """Image files under `folder`, found as the training data's folder source finds them
+    (recursively, sorted, extensions in any case, hidden entries such as `.xurdif-cache` left out)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EvaluateError(f"{folder}: no such folder; expected a folder of images "
-                            f"({', '.join(IMAGE_EXTENSIONS)})")
-    paths = sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+                            f"({', '.join(IMAGE_EXTS)})")
+    paths = find_image_files(folder)
     if not paths:
         raise EvaluateError(f"{folder}: no images found; valid extensions are "
-                            f"{', '.join(IMAGE_EXTENSIONS)}")
+                            f"{', '.join(IMAGE_EXTS)}")
     return paths
 
 
-def _read_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            # Transparent pixels become white, as in training (data.background's default).
-            return to_rgb(im)
-    except OSError as e:
-        raise EvaluateError(f"{path}: cannot read image ({e})") from e
+def load_samples(paths: list[Path], size: int | tuple[int, int] | None = None) -> tuple[torch.Tensor, list[Path]]:
+    """(uint8 tensor [N, 3, H, W], the paths it holds).
 
-
-def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 tensor [N, 3, H, W]. Images whose size differs from `size` (default:
-    the first image's) are resized with Lanczos so that they can be stacked."""
-    arrays = []
+    size given (training images): each picture as training sees it with data.size: size and
+    data.crop: center (short side resized to size, centre crop; a (height, width) size is
+    covered and centre-cropped), so the metrics compare samples with what the model was
+    trained on.
+    size None (samples): pictures as they are; those whose size differs from the majority's
+    are left out with one warning naming them, rather than stretched to fit.
+    Unreadable files are left out with one warning naming them, as training skips them.
+    """
+    read, bad = [], []
     for path in paths:
-        im = _read_rgb(path)
-        if size is None:
-            size = (im.height, im.width)
-        if (im.height, im.width) != size:
-            im = im.resize((size[1], size[0]), Image.LANCZOS)
-        arrays.append(np.asarray(im, dtype=np.uint8))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        try:
+            # Transparent pixels become white, as in training (data.background's default).
+            read.append((path, training_view(path, size) if size is not None else to_tensor(read_picture(path))))
+        except BadImage as e:
+            bad.append(f"{path} ({e})")
+    if bad:
+        log.warning("skipping %d unreadable image%s: %s", len(bad), "s" * (len(bad) != 1), ", ".join(bad))
+    if not read:
+        raise EvaluateError(f"none of the {len(paths)} images could be read"
+                            + (f" (first: {bad[0]})" if bad else ""))
+    shapes = Counter(tuple(t.shape) for _, t in read)
+    common = shapes.most_common(1)[0][0]  # ties: the size seen first
+    kept = [(p, t) for p, t in read if tuple(t.shape) == common]
+    odd = [f"{p} ({t.shape[2]}x{t.shape[1]})" for p, t in read if tuple(t.shape) != common]
+    if odd:
+        log.warning("skipping %d image%s whose size differs from the other %d (%dx%d): %s", len(odd),
+                    "s" * (len(odd) != 1), len(kept), common[2], common[1], ", ".join(odd))
+    return torch.stack([t for _, t in kept]), [p for p, _ in kept]
 
 
-def load_folder(folder: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """All images of a folder as a uint8 tensor [N, 3, H, W]."""
+def load_images(paths: list[Path], size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 tensor [N, 3, H, W]; see load_samples."""
+    return load_samples(paths, size)[0]
+
+
+def load_folder(folder: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """All images of a folder as a uint8 tensor [N, 3, H, W]; see load_samples."""
     return load_images(list_images(folder), size)
 
 

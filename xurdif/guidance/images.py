@@ -6,9 +6,8 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..data.images import to_rgb
+from ..data.images import BadImage, read_picture
 from .config import GuidanceError
 
 
@@ -17,9 +16,8 @@ def load_image(path: str, key: str, grey: bool = False) -> torch.Tensor:
     if not os.path.isfile(path):
         raise GuidanceError(f"guidance.{key}: image file {path!r} does not exist")
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L") if grey else to_rgb(im), dtype=np.float32) / 255.0
-    except OSError as e:
+        arr = np.asarray(read_picture(path, grey=grey), dtype=np.float32) / 255.0
+    except BadImage as e:
         raise GuidanceError(f"guidance.{key}: cannot read image {path!r}: {e}") from None
     t = torch.from_numpy(arr.copy())
     return t[None, None] if grey else t.permute(2, 0, 1)[None]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion.samplers import SAMPLERS
+from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
 from .run import render, resolve_model_path
 
@@ -22,9 +23,10 @@ prompts file: one prompt per line, '#' comments, options after '|':
   a red fox | seed=7 n=4 steps=30 init=fox.png strength=0.6 post=contrast:1.1,gamma:0.9
 options: n seed steps sampler eta size init strength noise_mult post (and guidance in YAML)
 
-Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl and a
-contact-sheet.png per prompt. Running the same command again skips finished
-images; --overwrite renders them again."""
+Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl, a contact
+sheet per prompt in OUT/contact-sheets/<index>-<slug>.png, and OUT/index.html
+shows them all. Running the same command again skips finished images;
+--overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
 FLAGS = ("n", "seed", "steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post")
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failures += result.failures
     print(f"{result.written} images written, {result.skipped} already done, to {args.out}")
+    print(f"gallery: {write_gallery(args.out, failures)}")
     if result.contact_sheets:
         print("contact sheets:")
         for path in result.contact_sheets:

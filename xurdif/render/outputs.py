@@ -1,5 +1,5 @@
 """The output folder: safe names, atomic PNGs with their parameters, the
-manifest, contact sheets and the model hash.
+manifest, contact sheets (in OUT/contact-sheets/) and the model hash.
 
 Crash safety: a PNG is written to a temporary name, fsynced and renamed, and
 only then is its manifest line appended (one write, fsynced). The PNG carries
@@ -23,7 +23,8 @@ from PIL import Image, PngImagePlugin
 from ..atomic import atomic_write
 
 MANIFEST = "manifest.jsonl"
-CONTACT = "contact-sheet.png"
+CONTACT_DIR = "contact-sheets"  # OUT/contact-sheets/<index>-<slug>.png, never among the samples
+OLD_CONTACT = "contact-sheet.png"  # where earlier versions put a prompt's sheet: inside its folder
 RECORD_KEY = "xurdif"  # PNG text chunk holding the image's manifest record
 IMAGE_RE = re.compile(r"\d+\.png")
 SLUG_MAX = 48
@@ -63,7 +64,7 @@ def write_png_atomic(path: Path, pixels: np.ndarray, text: dict[str, str]) -> No
 
 def append_manifest(out_dir: Path, record: dict) -> None:
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # minus the umask
     try:
         os.write(fd, line)  # one write of one line: a kill tears at most this line
         os.fsync(fd)
@@ -134,8 +135,14 @@ def save_image(out_dir: Path, rel: str, img: torch.Tensor, record: dict) -> None
     append_manifest(out_dir, record)
 
 
-def write_contact_sheet(folder: Path, files: list[Path]) -> Path | None:
-    """A grid of a prompt's images (read back from disk, so it includes earlier runs)."""
+def contact_sheet_path(out_dir: Path, folder: str) -> Path:
+    return out_dir / CONTACT_DIR / f"{folder}.png"
+
+
+def write_contact_sheet(out_dir: Path, folder: str, files: list[Path]) -> Path | None:
+    """A grid of a prompt's images (read back from disk, so it includes earlier runs), at
+    OUT/contact-sheets/FOLDER.png: a sample folder holds samples only, so tools that read
+    it (tools/evaluate.py --fake) see no sheet among them."""
     from torchvision.utils import make_grid
 
     imgs = []
@@ -148,8 +155,9 @@ def write_contact_sheet(folder: Path, files: list[Path]) -> Path | None:
     w = max(i.shape[2] for i in imgs)
     imgs = [torch.nn.functional.pad(i, (0, w - i.shape[2], 0, h - i.shape[1])) for i in imgs]
     grid = make_grid(torch.stack(imgs), nrow=math.ceil(math.sqrt(len(imgs))), padding=2, pad_value=0)
-    path = folder / CONTACT
+    path = contact_sheet_path(out_dir, folder)
     write_png_atomic(path, grid.permute(1, 2, 0).numpy(), {"Software": "xurdif"})
+    (out_dir / folder / OLD_CONTACT).unlink(missing_ok=True)  # ours, from an earlier version
     return path
 
 

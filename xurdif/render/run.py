@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import to_rgb
+from ..data.images import BadImage, read_picture
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import make_schedule
@@ -87,9 +87,8 @@ def load_init(job: Job, size: tuple[int, int] | None, default_side: int, stride:
     With one, the init is scaled to cover it and centre-cropped (never distorted).
     """
     try:
-        with Image.open(job.init) as im:
-            im = to_rgb(im)  # transparency on white, as in training
-    except Exception as e:  # PIL raises many types for bad files
+        im = read_picture(job.init)  # upright, transparency on white, as in training
+    except BadImage as e:
         raise JobError(f"{job.where}: cannot read init image {job.init}: {e}") from None
     w0, h0 = im.size
     if size is None:
@@ -222,7 +221,7 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
         folder = outputs.job_dir_name(job.index, job.prompt)
         rels = [f"{folder}/{s}.png" for s in job.seeds()]
         if rels and all(r in done for r in rels):
-            sheet = outputs.write_contact_sheet(out_dir / folder, [out_dir / r for r in rels])
+            sheet = outputs.write_contact_sheet(out_dir, folder, [out_dir / r for r in rels])
             if sheet:
                 result.contact_sheets.append(sheet)
     return result

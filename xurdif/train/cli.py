@@ -129,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.recipe}: OK")
         return 0
     from ..data import DataError, open_dataset
+    from ..weights import ModelFileError, read_meta
     from .network import build_for_recipe, parameter_count
+
+    if recipe.model.init_from:
+        try:  # a damaged starting model is a user error: one line, before any run folder exists
+            read_meta(recipe.model.init_from)
+        except ModelFileError as e:
+            print(f"{args.recipe}: model.init_from: {e}", file=sys.stderr)
+            return 2
 
     if args.dry_run:
         try:
@@ -137,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as e:
             print(f"{args.recipe}: {e}", file=sys.stderr)
             return 2
-        net, meta = build_for_recipe(recipe)
+        try:
+            net, meta = build_for_recipe(recipe)
+        except ModelFileError as e:
+            print(f"{args.recipe}: model.init_from: {e}", file=sys.stderr)
+            return 2
         print(recipe_to_yaml(recipe))
         print(f"dataset: {data.describe() if hasattr(data, 'describe') else len(data)}")
         print(f"model: {meta.architecture}, {parameter_count(net):,} parameters")
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     from ..data import DataError
+    from ..weights import ModelFileError
     from .loop import NonFiniteError, Trainer, make_accelerator
     from .outputs import RunOutputs
     from .signals import StopRequest
@@ -177,6 +190,9 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
             print(f"stopped at step {trainer.clock.step}: checkpoint saved in {result}" if trainer.stopped
                   else f"done: {result}")
         return 0
+    except ModelFileError as e:  # model.init_from: one line, exit 2 like every tool given a bad model file
+        print(f"error: model.init_from: {e}", file=sys.stderr)
+        return 2
     except (RecipeError, CheckpointError, DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -151,6 +151,7 @@ class Trainer:
         meta = replace(self.meta, step=self.clock.step, images_seen=self.clock.images_seen)
         self.out.export_model(meta, model, ema)
         prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
+        self.out.write_report()  # the checkpoint list as pruned
 
     def load(self, path: Path, verified: bool = False) -> None:
         ck = load_checkpoint(path, verified)
@@ -380,6 +381,7 @@ class Trainer:
                 means["total"] = float(acc.reduce(torch.tensor(means["total"], device=acc.device), "mean"))
                 means["images_per_sec"] = ips
                 means["nonfinite_skips"] = self.clock.nonfinite_total
+                means["time_left_s"] = (total_steps - step) * self.global_batch / max(ips, 1e-9)
                 self.out.log_scalars(means, step)
                 bar.set_postfix(loss=f"{means['total']:.4f}", img_s=f"{ips:.1f}")
                 window = []

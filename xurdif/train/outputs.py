@@ -3,7 +3,9 @@ sample grids and the exported model. Only the main process writes."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import struct
 from pathlib import Path
 
 import torch
@@ -15,7 +17,16 @@ from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
+from ..report import REPORT, Series, gather, read_scalars, write_report
 from ..weights import ModelMeta, read_meta, save_model_file
+
+log = logging.getLogger("xurdif.train")
+TRAIN_TAGS = ("lr", "grad_norm", "ema_decay", "images_per_sec", "nonfinite_skips", "time_left_s")
+
+
+def scalar_tag(name: str) -> str:
+    """The TensorBoard tag of a logged training value (the report uses the same)."""
+    return f"train/{name}" if name in TRAIN_TAGS else f"loss/{name}"
 
 
 class RunOutputs:
@@ -27,6 +38,7 @@ class RunOutputs:
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.writer = None
+        self.scalars: Series = {}  # every value logged, for report.html without rereading tb/
 
     def open(self) -> None:
         if not self.is_main:
@@ -36,27 +48,42 @@ class RunOutputs:
         with atomic_write(self.run_dir / "recipe.yaml", "w") as f:
             f.write(recipe_to_yaml(self.r))
             kill_point("mid-recipe-write")  # written to the temporary, not yet renamed
+        if (self.run_dir / "tb").is_dir():  # resumed: the report shows the earlier sessions too
+            self.scalars = read_scalars(self.run_dir / "tb")
         if self.r.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
         kill_point("after-run-dir")
+        self.write_report()
+
+    def _log(self, tagged: dict[str, float], step: int) -> None:
+        for tag, v in tagged.items():
+            # Rounded as TensorBoard stores it (float32), so the report and tb/ agree exactly.
+            self.scalars.setdefault(tag, {})[step] = struct.unpack("f", struct.pack("f", float(v)))[0]
+            if self.writer is not None:
+                self.writer.add_scalar(tag, v, step)
+        if self.writer is not None:
+            self.writer.flush()
+        self.write_report()
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
-            return
-        for k, v in values.items():
-            if k in ("lr", "grad_norm", "ema_decay", "images_per_sec", "nonfinite_skips"):
-                self.writer.add_scalar(f"train/{k}", v, step)
-            else:
-                self.writer.add_scalar(f"loss/{k}", v, step)
-        self.writer.flush()
+        if self.is_main:
+            self._log({scalar_tag(k): v for k, v in values.items()}, step)
 
     def log_eval(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(f"eval/{k}", v, step)
-            self.writer.flush()
+        if self.is_main:
+            self._log({f"eval/{k}": v for k, v in values.items()}, step)
+
+    def write_report(self) -> None:
+        """<run>/report.html, current at each log interval, grid and checkpoint. A report
+        that cannot be written (disk full, odd file) must not stop the training."""
+        if not self.is_main:
+            return
+        try:
+            write_report([gather(self.run_dir, scalars=self.scalars)], self.run_dir / REPORT)
+        except OSError as e:
+            log.warning("could not write %s: %s", self.run_dir / REPORT, e)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
         if self.writer is not None:
@@ -80,6 +107,7 @@ class RunOutputs:
         if self.writer is not None:
             self.writer.add_image("samples", grid, step)
             self.writer.flush()
+        self.write_report()
         return path
 
     def export_model(self, meta: ModelMeta, model: dict, ema: dict) -> Path:

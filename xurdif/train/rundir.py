@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("xurdif.train")
-ARTEFACTS = ("recipe.yaml", "samples", "tb", "checkpoints", "model.safetensors", "model-best.safetensors",
-             "ema-snapshots")
+ARTEFACTS = ("recipe.yaml", "samples", "tb", "checkpoints", "model.safetensors", "report.html",
+             "model-best.safetensors", "ema-snapshots")
 ABORTED = ".aborted-"
 
 

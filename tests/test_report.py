@@ -1,0 +1,185 @@
+"""Run reports: written by the trainer, rebuilt by xurdif-report, compared across runs."""
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from xurdif.recipe import load_recipe
+from xurdif.report.cli import main as report_main
+from xurdif.report.data import folder_size
+from xurdif.report.svg import fmt
+from xurdif.train.cli import main as launch_main
+from xurdif.train.outputs import RunOutputs
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_RECIPE = ROOT / "tests" / "recipes" / "fixture.yaml"
+
+
+class Page(HTMLParser):
+    """The parts of a report a test checks: images, plots, tables' cells and the data block."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.imgs: list[str] = []
+        self.svgs: list[str] = []
+        self.polylines: dict[str, int] = {}
+        self.cells: dict[tuple[str, str], str] = {}
+        self.json = ""
+        self.rows: list[list[str]] = []
+        self._svg = None
+        self._cell = None
+        self._json = False
+        self._td = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a["src"])
+        elif tag == "svg":
+            self._svg = a["id"]
+            self.svgs.append(a["id"])
+            self.polylines[a["id"]] = 0
+        elif tag == "polyline":
+            self.polylines[self._svg] += 1
+        elif tag == "td":
+            self._td, self._cell = "", a.get("data-tag")
+        elif tag == "script" and a.get("id") == "xurdif-scalars":
+            self._json = True
+        elif tag == "tr":
+            self.rows.append([])
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self._svg = None
+        elif tag == "script":
+            self._json = False
+        elif tag == "td" and self._td is not None:
+            self.rows[-1].append(self._td)
+            self._td = None
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._json:
+            self.json += data
+        if self._td is not None:
+            self._td += data
+        if self._cell:
+            self.cells[self._cell] = self._td
+
+
+def tb_scalars(run: Path) -> dict[str, list[list]]:
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 1})
+    ea.Reload()
+    return {t: [[e.step, e.value] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def check_images_exist(page: Page, html: Path) -> None:
+    assert page.imgs
+    for src in page.imgs:
+        assert (html.parent / unquote(src)).is_file(), src
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "fixture"
+    rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=20", "samples.every_steps=10",
+                      "checkpoint.every_steps=10", "loss.l1=0.5"])
+    assert rc == 0
+    return out
+
+
+def test_trainer_keeps_report_current_and_equal_to_tensorboard(run):
+    html = run / "report.html"
+    page = Page(html.read_text())
+    tb = tb_scalars(run)
+    for tag in ("loss/total", "loss/l2", "loss/l1", "train/lr", "train/images_per_sec", "train/time_left_s"):
+        assert tag in tb, tag
+    # Every scalar has its plot, one line each, and the report's numbers are tb/'s.
+    assert sorted(page.svgs) == sorted("plot-" + t.replace("/", "-") for t in tb)
+    assert all(n == 1 for n in page.polylines.values()), page.polylines
+    data = json.loads(page.json)["fixture"]
+    assert data == tb
+    assert [s for s, _ in tb["loss/total"]] == [5, 10, 15, 20]
+    assert tb["train/time_left_s"][-1][1] == 0.0 and tb["train/time_left_s"][0][1] > 0
+    for tag, values in tb.items():
+        assert page.cells[tag] == fmt(values[-1][1]), tag
+    # Grids as a timeline, images by relative path, all present.
+    check_images_exist(page, html)
+    assert page.imgs == ["samples/step-0000010.png", "samples/step-0000020.png"]
+    # Checkpoints with step and size; the recipe as resolved.
+    ck = [r for r in page.rows if len(r) == 4 and r[3].startswith("checkpoints/")]
+    sizes = [folder_size(run / "checkpoints" / f"step-00000{s}") for s in (10, 20)]
+    assert 1e6 < sizes[0] < 1e7
+    assert [(int(r[1]), r[2]) for r in ck] == [(10, f"{sizes[0] / 2**20:.1f} MB"), (20, f"{sizes[1] / 2**20:.1f} MB")]
+    assert load_recipe(run / "recipe.yaml").train.steps == 20
+    assert "steps: 20" in html.read_text() and "model.safetensors (export)" in html.read_text()
+
+
+def test_xurdif_report_rebuilds_the_same_numbers_from_tensorboard(run, tmp_path, capsys):
+    copy = tmp_path / "fixture"
+    shutil.copytree(run, copy)
+    (copy / "report.html").unlink()
+    assert report_main([str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == str(copy / "report.html")
+    rebuilt = Page((copy / "report.html").read_text())
+    assert json.loads(rebuilt.json) == json.loads(Page((run / "report.html").read_text()).json)
+    check_images_exist(rebuilt, copy / "report.html")
+
+
+def test_compare_overlays_curves_and_puts_grids_side_by_side(run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    (other / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace("lr: 0.002", "lr: 0.0005"))
+    shutil.rmtree(other / "samples")
+    (other / "samples").mkdir()
+    shutil.copy(run / "samples" / "step-0000010.png", other / "samples" / "step-0000010.png")
+    out = tmp_path / "cmp" / "compare.html"
+    assert report_main([str(run), str(other), "-o", str(out)]) == 0
+    page = Page(out.read_text())
+    assert all(n == 2 for n in page.polylines.values()) and "plot-loss-total" in page.svgs
+    check_images_exist(page, out)
+    assert len(page.imgs) == 3 and all(src.startswith("..") for src in page.imgs)
+    assert ["optim.lr", "0.002", "0.0005"] in page.rows
+    assert set(json.loads(page.json)) == {"fixture", "other"}
+
+
+def test_in_training_kid_and_memorisation_are_plotted(tmp_path):
+    recipe = load_recipe(FIXTURE_RECIPE)
+    out = RunOutputs(recipe, tmp_path / "r", is_main=True)
+    out.open()
+    out.log_scalars({"total": 0.5, "l2": 0.5, "lr": 1e-3}, 5)
+    out.log_eval({"kid": 0.25, "kid_std": 0.01, "memorised": 0.125}, 5)
+    out.log_eval({"kid": 0.125, "kid_std": 0.01, "memorised": 0.0}, 10)
+    out.close()
+    page = Page((tmp_path / "r" / "report.html").read_text())
+    assert {"plot-eval-kid", "plot-eval-memorised", "plot-loss-total", "plot-train-lr"} <= set(page.svgs)
+    data = json.loads(page.json)["r"]
+    assert data["eval/kid"] == [[5, 0.25], [10, 0.125]] and data["eval/memorised"] == [[5, 0.125], [10, 0.0]]
+    assert data == tb_scalars(tmp_path / "r")
+
+
+def test_resumed_outputs_keep_the_earlier_sessions_scalars(tmp_path):
+    recipe = load_recipe(FIXTURE_RECIPE)
+    first = RunOutputs(recipe, tmp_path / "r", is_main=True)
+    first.open()
+    first.log_scalars({"total": 0.5}, 5)
+    first.log_scalars({"total": 0.375}, 10)
+    first.close()
+    again = RunOutputs(recipe, tmp_path / "r", is_main=True)
+    again.open()
+    again.log_scalars({"total": 0.25}, 10)  # the step after the checkpoint, logged again: the new value wins
+    again.close()
+    assert json.loads(Page((tmp_path / "r" / "report.html").read_text()).json)["r"]["loss/total"] == [
+        [5, 0.5], [10, 0.25]]
+
+
+def test_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: run folder not found\n"

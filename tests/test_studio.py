@@ -1,0 +1,158 @@
+"""xurdif-studio as a real server: driven by gradio_client and by headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_model import save_tiny_model
+from xurdif.render.cli import main as sample_main
+from xurdif.render.outputs import read_record
+
+pytest.importorskip("gradio", reason="the studio extra is not installed: pip install -e '.[studio]'")
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("XURDIF_CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps calling out to a closed network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pixels(data) -> np.ndarray:
+    with Image.open(data) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("studio")
+    save_tiny_model(tmp / "models" / "eps-run" / "model.safetensors")
+    save_tiny_model(tmp / "models" / "x0-run" / "model.safetensors", prediction="x0")
+    (tmp / "models" / "not-a-model.safetensors").write_bytes(b"junk")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
+               XDG_CACHE_HOME=str(tmp / "cache"))
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "xurdif.studio", "--models", str(tmp / "models"), "--port",
+                             str(port), "--out", str(tmp / "out"), "--device", "cpu"],
+                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"studio did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+    yield {"url": url, "tmp": tmp, "out": tmp / "out", "models": tmp / "models"}
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def form(model: str, **kw) -> list:
+    """The Render button's inputs, in order, with defaults."""
+    v = dict(model=model, prompt="a fox", n=1, seed="7", sampler="ddim", steps=3, size="", init=None,
+             strength=0.6, noise_mult=1.0, eta=0.0, g_text="", g_model="ViT-B-32", g_weights="", g_image=None,
+             g_target=None, g_style=None, g_style_w=1.0, g_scale=0.02, post="contrast:1.1")
+    v.update(kw)
+    return list(v.values())
+
+
+def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
+    from gradio_client import Client
+
+    client = Client(studio["url"], verbose=False, download_files=str(tmp_path / "dl"))
+    model = str(studio["models"] / "eps-run" / "model.safetensors")
+    gallery, message = client.predict(*form(model), api_name="/render")
+    assert len(gallery) == 1 and gallery[0]["caption"] == "seed 7"
+    saved = studio["out"] / "0000-a-fox" / "7.png"
+    assert message.startswith(f"Saved 1 image(s) to {saved.parent}")
+    shown = pixels(gallery[0]["image"])
+    assert np.array_equal(shown, pixels(saved)) and shown.shape == (16, 16, 3)
+    # The PNG carries the same record as the manifest, as tools/sample.py writes it.
+    rec = read_record(saved)
+    assert rec["prompt"] == "a fox" and rec["seed"] == 7 and rec["file"] == "0000-a-fox/7.png"
+    assert rec["params"]["steps"] == 3 and rec["params"]["sampler"] == "ddim"
+    assert rec["params"]["post"] == "contrast:1.1" and rec["params"]["model"] == model
+    manifest = [json.loads(x) for x in (studio["out"] / "manifest.jsonl").read_text().splitlines()]
+    assert rec in manifest and (studio["out"] / "index.html").is_file()
+    # One code path: the command line renders the same pixels.
+    assert sample_main([model, "--prompt", "a fox", "--seed", "7", "--steps", "3", "--sampler", "ddim",
+                        "--post", "contrast:1.1", "-o", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert np.array_equal(pixels(tmp_path / "cli" / "0000-a-fox" / "7.png"), shown)
+
+    # Bad input: one message, no image.
+    gallery, message = client.predict(*form(str(studio["models"] / "gone.safetensors")), api_name="/render")
+    assert gallery == [] and message == (f"Error: {studio['models'] / 'gone.safetensors'}: model file not found "
+                                         "(give a run folder or a .safetensors file)")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    from gradio_client import handle_file
+
+    gallery, message = client.predict(*form(model, init=handle_file(str(tmp_path / "broken.png"))),
+                                      api_name="/render")
+    assert gallery == [] and message.startswith("Error: cannot read init image ") and "broken.png" in message
+
+
+def launch_chromium(p):
+    if not Path(CHROMIUM).exists():
+        print(f"SKIPPED browser test: {CHROMIUM} not installed (apt-get install chromium)")
+        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+    return p.chromium.launch_persistent_context(tempfile.mkdtemp(prefix="xurdif-chromium-"), executable_path=CHROMIUM,
+                                                args=CHROMIUM_FLAGS, headless=True)
+
+
+def test_browser_picks_a_model_renders_and_shows_errors(studio):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.goto(studio["url"])
+            page.wait_for_selector("#studio-render", timeout=60_000)
+            page.click("#studio-model input")
+            options = page.locator("[role=option]")
+            labels = [t.strip() for t in options.all_inner_texts()]
+            assert len(labels) == 2 and "x0-run/model.safetensors · 0.3 MB · x0 · 4,096 images seen" in labels[1]
+            options.nth(1).click()
+            page.locator("#studio-prompt textarea").fill("a browser test")
+            page.locator("#studio-seed textarea").fill("11")
+            page.click("#studio-render")
+            img = page.wait_for_selector("#studio-result img", timeout=120_000)
+            shown = pixels(BytesIO(page.request.get(img.get_attribute("src")).body()))
+            saved = next(studio["out"].glob("*-a-browser-test/11.png"))
+            assert np.array_equal(shown, pixels(saved))
+            rec = read_record(saved)
+            assert rec["params"]["model"] == str(studio["models"] / "x0-run" / "model.safetensors")
+            assert "Saved 1 image(s)" in page.inner_text("#studio-message")
+
+            page.locator("#studio-size textarea").fill("abc")
+            page.click("#studio-render")
+            page.wait_for_function("document.querySelector('#studio-message').innerText.includes('Error')",
+                                   timeout=60_000)
+            assert page.inner_text("#studio-message").strip() == (
+                "Error: size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got 'abc'")
+            assert "Traceback" not in page.content()
+        finally:
+            browser.close()

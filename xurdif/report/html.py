@@ -1,0 +1,215 @@
+"""The report page: plots, the sample-grid timeline, checkpoints and the recipe of one
+run, or several runs overlaid for comparison. Images by relative path; no server."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import yaml
+
+from .data import RunData
+from .svg import COLOURS, fmt, line_plot
+
+TITLES = {"loss/total": "loss: total", "train/lr": "learning rate", "train/images_per_sec": "images/s",
+          "train/time_left_s": "time left (s)", "train/grad_norm": "gradient norm", "train/ema_decay": "EMA decay",
+          "train/nonfinite_skips": "skipped non-finite steps", "eval/kid": "KID (in training)",
+          "eval/kid_std": "KID std", "eval/memorised": "memorised share (in training)"}
+ORDER = ("loss/total", "loss/", "train/lr", "train/images_per_sec", "train/time_left_s", "eval/kid",
+         "eval/memorised", "eval/", "train/")
+
+CSS = """body{font:14px system-ui,sans-serif;margin:1.2em;color:#222}h1{font-size:1.4em}
+h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse}
+td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.plots{display:flex;flex-wrap:wrap;gap:8px}.plot{border:1px solid #eee;background:#fff}
+.plot text{font-size:10px;fill:#444}.plot .title{font-size:12px;fill:#222}.plot .frame{fill:none;stroke:#bbb}
+.plot .grid{stroke:#eee}.timeline .cols{display:flex;gap:16px;align-items:flex-start}
+.timeline figure{margin:0}.timeline img{image-rendering:pixelated;max-width:520px;width:100%}
+pre{background:#f6f6f6;padding:8px;overflow:auto;max-height:40em}.meta{color:#666}"""
+
+SLIDER_JS = """for (const tl of document.querySelectorAll('.timeline')) {
+  const range = tl.querySelector('input'), label = tl.querySelector('.step');
+  const steps = JSON.parse(tl.dataset.steps);
+  const show = () => {
+    const s = steps[range.value]; label.textContent = 'step ' + s;
+    for (const col of tl.querySelectorAll('.col')) {
+      const figs = [...col.querySelectorAll('figure')];
+      let pick = figs[0];
+      for (const f of figs) if (Number(f.dataset.step) <= s) pick = f;
+      for (const f of figs) f.hidden = f !== pick;
+    }
+  };
+  range.addEventListener('input', show); show();
+}"""
+
+
+def tag_order(tag: str) -> tuple[int, str]:
+    for i, prefix in enumerate(ORDER):
+        if tag == prefix or (prefix.endswith("/") and tag.startswith(prefix)):
+            return i, tag
+    return len(ORDER), tag
+
+
+def title(tag: str) -> str:
+    if tag in TITLES:
+        return TITLES[tag]
+    group, _, name = tag.partition("/")
+    return f"{group}: {name}" if name else tag
+
+
+def rel(path: Path, out_dir: Path) -> str:
+    return quote(Path(os.path.relpath(Path(path).resolve(), out_dir.resolve())).as_posix())
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def points(run: RunData, tag: str) -> list[tuple[int, float]]:
+    return sorted(run.scalars.get(tag, {}).items())
+
+
+def latest(run: RunData, tag: str) -> tuple[int, float] | None:
+    p = points(run, tag)
+    return p[-1] if p else None
+
+
+def summary(runs: list[RunData]) -> str:
+    rows = []
+    for run in runs:
+        step = max((s for v in run.scalars.values() for s in v), default=0)
+        left = latest(run, "train/time_left_s")
+        total = latest(run, "loss/total")
+        kid = latest(run, "eval/kid")
+        rows.append(f"<tr><td>{escape(run.name)}</td><td class=n>{step}</td>"
+                    f"<td class=n>{fmt(total[1]) if total else '-'}</td>"
+                    f"<td class=n>{duration(left[1]) if left else '-'}</td>"
+                    f"<td class=n>{fmt(kid[1]) if kid else '-'}</td></tr>")
+    return ("<table id=summary><tr><th>run</th><th>step</th><th>loss</th><th>time left</th><th>KID</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def plots(runs: list[RunData]) -> str:
+    tags = sorted({t for r in runs for t in r.scalars}, key=tag_order)
+    svgs = [line_plot(title(t), [(r.name, points(r, t)) for r in runs], "plot-" + t.replace("/", "-"))
+            for t in tags]
+    return f'<div class=plots>{"".join(svgs)}</div>' if svgs else "<p>No scalars logged yet.</p>"
+
+
+def latest_table(runs: list[RunData]) -> str:
+    tags = sorted({t for r in runs for t in r.scalars}, key=tag_order)
+    head = "".join(f"<th>{escape(r.name)}</th>" for r in runs)
+    rows = []
+    for t in tags:
+        cells = []
+        for r in runs:
+            v = latest(r, t)
+            cells.append(f'<td class=n data-tag="{escape(t)}" data-step="{v[0]}">{fmt(v[1])}</td>' if v else "<td>-</td>")
+        rows.append(f"<tr><td>{escape(t)}</td>{''.join(cells)}</tr>")
+    return f"<table id=latest><tr><th>scalar (latest)</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def timeline(runs: list[RunData], out_dir: Path) -> str:
+    steps = sorted({s for r in runs for s, _ in r.grids})
+    if not steps:
+        return "<p>No sample grids yet.</p>"
+    cols = []
+    for r in runs:
+        figs = "".join(f'<figure data-step="{s}"><img src="{rel(p, out_dir)}" alt="{escape(r.name)} step {s}" '
+                       f'loading="lazy"><figcaption>{escape(r.name)}, step {s}</figcaption></figure>'
+                       for s, p in r.grids) or f"<p>{escape(r.name)}: no grids</p>"
+        cols.append(f"<div class=col>{figs}</div>")
+    return (f"<div class=timeline data-steps='{json.dumps(steps)}'>"
+            f'<input type=range min=0 max={len(steps) - 1} value={len(steps) - 1} aria-label="grid step"> '
+            f'<span class=step>step {steps[-1]}</span><div class=cols>{"".join(cols)}</div></div>')
+
+
+def checkpoints(runs: list[RunData], out_dir: Path) -> str:
+    rows = []
+    for r in runs:
+        for c in r.checkpoints:
+            rows.append(f"<tr><td>{escape(r.name)}</td><td class=n>{c.step}</td><td class=n>{size_text(c.size)}</td>"
+                        f"<td>{escape(rel(c.path, out_dir))}/</td></tr>")
+        if r.model is not None:
+            step = r.model_step if r.model_step is not None else "?"
+            rows.append(f"<tr><td>{escape(r.name)}</td><td class=n>{step}</td>"
+                        f"<td class=n>{size_text(r.model.stat().st_size)}</td>"
+                        f"<td>{escape(rel(r.model, out_dir))} (export)</td></tr>")
+    if not rows:
+        return "<p>No checkpoints yet.</p>"
+    return ("<table id=checkpoints><tr><th>run</th><th>step</th><th>size</th><th>path</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def flatten(d, prefix: str = "") -> dict[str, object]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def recipes(runs: list[RunData]) -> str:
+    parts = []
+    if len(runs) > 1:
+        flat = []
+        for r in runs:
+            try:
+                flat.append(flatten(yaml.safe_load(r.recipe) or {}))
+            except yaml.YAMLError:
+                flat.append({})
+        keys = sorted(k for k in set().union(*flat) if k != "name" and len({json.dumps(f.get(k), default=str)
+                                                                             for f in flat}) > 1)
+        head = "".join(f"<th>{escape(r.name)}</th>" for r in runs)
+        rows = "".join(f"<tr><td>{escape(k)}</td>" + "".join(f"<td>{escape(str(f.get(k, '-')))}</td>" for f in flat)
+                       + "</tr>" for k in keys)
+        parts.append(f"<table id=recipe-diff><tr><th>setting that differs</th>{head}</tr>{rows}</table>"
+                     if keys else "<p>The recipes are the same.</p>")
+    for r in runs:
+        body = f"<pre>{escape(r.recipe)}</pre>" if r.recipe else "<p>No recipe.yaml.</p>"
+        parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>{escape(r.name)}: recipe.yaml "
+                     f"(resolved)</summary>{body}</details>")
+    return "".join(parts)
+
+
+def scalars_json(runs: list[RunData]) -> str:
+    """Every logged number, in full: the plots thin long curves, this does not."""
+    data = {r.name: {t: [[s, v if math.isfinite(v) else None] for s, v in points(r, t)] for t in sorted(r.scalars)}
+            for r in runs}
+    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+
+
+def render_html(runs: list[RunData], out_path: Path) -> str:
+    out_dir = Path(out_path).parent
+    names = ", ".join(r.name for r in runs)
+    heading = f"Run {names}" if len(runs) == 1 else f"Runs compared: {names}"
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title><style>{CSS}</style></head>
+<body><h1>{escape(heading)}</h1>
+<p class=meta>Updated {time.strftime('%Y-%m-%d %H:%M:%S')}. Rebuild with <code>xurdif-report</code>.</p>
+{summary(runs)}
+<h2>Curves</h2>{plots(runs)}
+<h2>Latest values</h2>{latest_table(runs)}
+<h2>Sample grids</h2>{timeline(runs, out_dir)}
+<h2>Checkpoints</h2>{checkpoints(runs, out_dir)}
+<h2>Recipe</h2>{recipes(runs)}
+<script type="application/json" id="xurdif-scalars">{scalars_json(runs)}</script>
+<script>{SLIDER_JS}</script>
+</body></html>
+"""

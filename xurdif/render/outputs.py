@@ -25,7 +25,7 @@ from ..atomic import atomic_write
 MANIFEST = "manifest.jsonl"
 CONTACT = "contact-sheet.png"
 RECORD_KEY = "xurdif"  # PNG text chunk holding the image's manifest record
-IMAGE_RE = re.compile(r"\d+\.png")
+IMAGE_RE = re.compile(r"\d+(-w[0-9.e+-]+)?\.png")  # <seed>.png, a merge sweep's <seed>-w<weight>.png
 SLUG_MAX = 48
 
 
@@ -134,8 +134,9 @@ def save_image(out_dir: Path, rel: str, img: torch.Tensor, record: dict) -> None
     append_manifest(out_dir, record)
 
 
-def write_contact_sheet(folder: Path, files: list[Path]) -> Path | None:
-    """A grid of a prompt's images (read back from disk, so it includes earlier runs)."""
+def write_contact_sheet(folder: Path, files: list[Path], nrow: int | None = None) -> Path | None:
+    """A grid of a prompt's images (read back from disk, so it includes earlier runs),
+    `nrow` images a row (default: a square)."""
     from torchvision.utils import make_grid
 
     imgs = []
@@ -147,7 +148,7 @@ def write_contact_sheet(folder: Path, files: list[Path]) -> Path | None:
     h = max(i.shape[1] for i in imgs)
     w = max(i.shape[2] for i in imgs)
     imgs = [torch.nn.functional.pad(i, (0, w - i.shape[2], 0, h - i.shape[1])) for i in imgs]
-    grid = make_grid(torch.stack(imgs), nrow=math.ceil(math.sqrt(len(imgs))), padding=2, pad_value=0)
+    grid = make_grid(torch.stack(imgs), nrow=nrow or math.ceil(math.sqrt(len(imgs))), padding=2, pad_value=0)
     path = folder / CONTACT
     write_png_atomic(path, grid.permute(1, 2, 0).numpy(), {"Software": "xurdif"})
     return path

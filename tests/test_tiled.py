@@ -70,7 +70,8 @@ def seam_score(img: torch.Tensor, borders: list[int]) -> float:
 
 def tile_borders(h: int, w: int, tile, overlap: int, wrap: bool) -> list[int]:
     p = plan(h, w, tile, overlap, wrap)
-    edges = {int(c[0]) for c in p.cols} | {(int(c[-1]) + 1) % w for c in p.cols}
+    tw = p.tile[1]
+    edges = {x for _, x in p.starts} | {(x + tw) % w for _, x in p.starts}
     return sorted(e for e in edges if wrap or 0 < e < w)
 
 

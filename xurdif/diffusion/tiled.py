@@ -58,14 +58,37 @@ def ramp(tile: int, overlap: int, fall_start: bool, fall_end: bool) -> torch.Ten
     return w
 
 
+def _fold(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A canvas extended past its bottom and right edges, wrapped back onto [h, w]."""
+    ph, pw = x.shape[-2] - h, x.shape[-1] - w
+    if ph:
+        top = x[..., :h, :]
+        x = torch.cat([top[..., :ph, :] + x[..., h:, :], top[..., ph:, :]], dim=-2)
+    if pw:
+        left = x[..., :w]
+        x = torch.cat([left[..., :pw] + x[..., w:], left[..., pw:]], dim=-1)
+    return x
+
+
+def _extend(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """The canvas continued circularly by ph rows and pw columns, so every wrapping
+    tile is a plain slice (slices are ~50x faster than gathers on CPU)."""
+    if ph:
+        x = torch.cat([x, x[..., :ph, :]], dim=-2)
+    if pw:
+        x = torch.cat([x, x[..., :pw]], dim=-1)
+    return x
+
+
 @dataclass
 class Plan:
     """Where the tiles of one canvas size lie and how they are weighted."""
 
-    rows: list[torch.Tensor]     # per tile: canvas row indices [th]
-    cols: list[torch.Tensor]     # per tile: canvas column indices [tw]
-    weights: list[torch.Tensor]  # per tile: [th, tw]
-    norm: torch.Tensor           # [H, W]: sum of the weights covering each pixel
+    tile: tuple[int, int]            # (th, tw)
+    starts: list[tuple[int, int]]    # per tile: (row, column) of its top-left corner
+    weights: list[torch.Tensor]      # per tile: [th, tw]
+    norm: torch.Tensor               # [H, W]: sum of the weights covering each pixel
+    pad: tuple[int, int]             # rows / columns the canvas is extended by (wrap)
 
 
 def plan(h: int, w: int, tile: tuple[int, int] | None, overlap: int, wrap: bool) -> Plan:
@@ -76,23 +99,21 @@ def plan(h: int, w: int, tile: tuple[int, int] | None, overlap: int, wrap: bool)
         ov = length // 2 if (wrap and t >= length) else min(overlap, t // 2)
         starts = positions(length, t, ov, wrap)
         axis = []
-        for s in starts:
-            idx = torch.arange(s, s + t) % length
+        for st in starts:
             # Edges on the canvas border (no wrap) border no other tile: no fall there.
-            fall_start = wrap or s > 0
-            fall_end = wrap or s + t < length
-            axis.append((idx, ramp(t, ov, fall_start and len(starts) > 1, fall_end and len(starts) > 1)))
+            many = len(starts) > 1
+            axis.append((st, ramp(t, ov, many and (wrap or st > 0), many and (wrap or st + t < length))))
         axes.append(axis)
-    rows, cols, weights = [], [], []
-    norm = torch.zeros(h, w, dtype=torch.float64)
-    for r, wr in axes[0]:
-        for c, wc in axes[1]:
+    pad = (max(0, max(st for st, _ in axes[0]) + th - h), max(0, max(st for st, _ in axes[1]) + tw - w))
+    starts, weights = [], []
+    acc = torch.zeros(h + pad[0], w + pad[1], dtype=torch.float64)
+    for y, wr in axes[0]:
+        for x, wc in axes[1]:
             wt = wr[:, None] * wc[None, :]
-            rows.append(r)
-            cols.append(c)
+            starts.append((y, x))
             weights.append(wt)
-            norm[r[:, None], c[None, :]] += wt
-    return Plan(rows, cols, weights, norm)
+            acc[y:y + th, x:x + tw] += wt
+    return Plan((th, tw), starts, weights, _fold(acc, h, w), pad)
 
 
 @dataclass
@@ -126,22 +147,21 @@ class TiledDenoiser:
         if t.ndim == 0:
             t = t.expand(n)
         p = self.plan(h, w)
-        dev = x_t.device
-        # Tiles of equal shape go through the network together: every image's
-        # tile k, for all k, in batches of `batch` tiles.
-        jobs = list(range(len(p.weights)))
+        (th, tw), dev = p.tile, x_t.device
+        xe = _extend(x_t, *p.pad)
+        # Every image's tile k, for all k, through the network `batch` tiles at a time.
+        crops = [(k, i) for k in range(len(p.starts)) for i in range(n)]
         out = None
-        for shape in sorted({(len(p.rows[k]), len(p.cols[k])) for k in jobs}):
-            same = [k for k in jobs if (len(p.rows[k]), len(p.cols[k])) == shape]
-            crops = [(k, i) for k in same for i in range(n)]
-            for j in range(0, len(crops), max(self.batch, 1)):
-                chunk = crops[j:j + max(self.batch, 1)]
-                xs = torch.stack([x_t[i][:, p.rows[k].to(dev)[:, None], p.cols[k].to(dev)[None, :]]
-                                  for k, i in chunk])
-                x0 = self.base(xs, t[[i for _, i in chunk]])
-                if out is None:
-                    out = torch.zeros(n, x0.shape[1], h, w, dtype=x0.dtype, device=dev)
-                for (k, i), pred in zip(chunk, x0):
-                    wt = p.weights[k].to(dev, pred.dtype)
-                    out[i][:, p.rows[k].to(dev)[:, None], p.cols[k].to(dev)[None, :]] += wt * pred
-        return out / p.norm.to(dev, out.dtype)
+        step = max(self.batch, 1)
+        weights = torch.stack(p.weights).to(dev, x_t.dtype)
+        for j in range(0, len(crops), step):
+            chunk = crops[j:j + step]
+            xs = torch.stack([xe[i, :, p.starts[k][0]:p.starts[k][0] + th, p.starts[k][1]:p.starts[k][1] + tw]
+                              for k, i in chunk])
+            x0 = self.base(xs, t[[i for _, i in chunk]])
+            if out is None:
+                out = torch.zeros(n, x0.shape[1], h + p.pad[0], w + p.pad[1], dtype=x0.dtype, device=dev)
+            for (k, i), pred in zip(chunk, x0):
+                y, x = p.starts[k]
+                out[i, :, y:y + th, x:x + tw] += weights[k] * pred
+        return _fold(out, h, w) / p.norm.to(dev, out.dtype)

@@ -75,7 +75,7 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     # The malformed line keeps its index, so later prompts are not renumbered.
     assert [j.index for j in jobs] == [0, 1, 3]
     assert errors == ["p.txt:5: unknown option 'sed'; did you mean 'seed'? valid: prompt, n, seed, "
-                      "steps, sampler, eta, size, init, strength, noise_mult, post, guidance"]
+                      "steps, sampler, eta, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
     assert jobs[1].seeds() == [derive_seed(1, 0)] and derive_seed(1, 0) != derive_seed(1, 1)
 
 

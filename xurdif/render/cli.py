@@ -21,7 +21,13 @@ examples:
 
 prompts file: one prompt per line, '#' comments, options after '|':
   a red fox | seed=7 n=4 steps=30 init=fox.png strength=0.6 post=contrast:1.1,gamma:0.9
-options: n seed steps sampler eta size init strength noise_mult post (and guidance in YAML)
+options: n seed steps sampler eta size init strength noise_mult post tile overlap wrap merge
+  (and guidance in YAML)
+
+big canvases and textures:
+  xurdif-sample runs/emoji --size 2048x768 --tile auto --overlap 16   # blended overlapping tiles
+  xurdif-sample runs/emoji --size 64x64 --wrap                        # a seamless texture
+  xurdif-sample runs/emoji --merge other.safetensors:0,0.25,0.5,0.75,1 --n 4   # a sweep towards another model
 
 Outputs go to OUT/<index>-<slug>/<seed>.png with a manifest.jsonl, a contact
 sheet per prompt in OUT/contact-sheets/<index>-<slug>.png, and OUT/index.html
@@ -29,7 +35,8 @@ shows them all. Running the same command again skips finished images;
 --overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
-FLAGS = ("n", "seed", "steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post")
+FLAGS = ("n", "seed", "steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post",
+         "tile", "overlap", "wrap", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-mult", dest="noise_mult", type=str,
                    help=f"multiplies the start tensor (default {d.noise_mult})")
     p.add_argument("--post", type=str, help="postprocessing chain or preset, e.g. contrast:1.1,gamma:0.9 or crisp")
+    p.add_argument("--tile", type=str,
+                   help="auto (default: tiles of the model's size when the canvas is over 1.5x it), off, "
+                        "or a tile side in px")
+    p.add_argument("--overlap", type=str, help="px shared by neighbouring tiles (default: a quarter of the tile)")
+    p.add_argument("--wrap", action="store_const", const="true",
+                   help="seamless texture: the canvas wraps around at its edges")
+    p.add_argument("--merge", type=str,
+                   help="MODEL:W1,W2,...: render the same seeds with (1-w)*this + w*MODEL, one contact sheet")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
     p.add_argument("--batch-size", type=int, default=8, help="images per sampler call (default 8)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,11 @@ class Job:
     noise_mult: float = 1.0    # multiplies the start tensor (xurdif's noise level)
     post: str = ""             # postprocessing chain or preset, e.g. contrast:1.1,gamma:0.9
     guidance: dict = field(default_factory=dict)  # for xurdif.guidance; the prompt is the CLIP text
+    # Big canvases: overlapping tiles blended at every step (xurdif/diffusion/tiled.py).
+    tile: str | int = "auto"   # auto: tiles of the model's size when the canvas is > 1.5x it; off; or a side in px
+    overlap: int | None = None  # px shared by neighbouring tiles; None: a quarter of the tile
+    wrap: bool = False         # seamless texture: the canvas wraps around at its edges
+    merge: str = ""            # B.safetensors:0,0.5,1 - the same seeds rendered along a sweep towards model B
     # Where the job came from; not options.
     index: int = field(default=0, metadata={"option": False})
     source: str = field(default="", metadata={"option": False})
@@ -126,9 +132,42 @@ def _guidance(value: Any) -> dict:
     return dict(value)
 
 
+def _tile(value: Any) -> str | int:
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "no", "false")):
+        return "off"
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    ok, px = coerce(int, value, text=True)
+    if not ok or not 8 <= px <= 4096:
+        raise ValueError(f"tile must be auto, off or a tile side in pixels (8..4096), got {value!r}")
+    return px
+
+
+def parse_merge(value: str) -> tuple[str, list[float]]:
+    """`B.safetensors:0,0.25,1` -> ("B.safetensors", [0.0, 0.25, 1.0])."""
+    path, colon, weights = str(value).rpartition(":")
+    try:
+        ws = [float(w) for w in weights.split(",")] if colon and path else []
+    except ValueError:
+        ws = []
+    if not ws or not all(math.isfinite(w) for w in ws):
+        raise ValueError(f"merge must be MODEL:WEIGHT,WEIGHT,... (e.g. b.safetensors:0,0.5,1), got {value!r}")
+    if len(set(ws)) != len(ws):
+        raise ValueError(f"merge: a weight is given twice in {value!r}")
+    return path, ws
+
+
+def _merge(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    parse_merge(value)
+    return str(value)
+
+
 # Options with a shape of their own; the rest are plain typed values, written
 # as text on a prompt line or as YAML values in a job file.
-PARSERS = {"size": parse_size, "seed": _seed, "init": _init, "guidance": _guidance}
+PARSERS = {"size": parse_size, "seed": _seed, "init": _init, "guidance": _guidance, "tile": _tile,
+           "merge": _merge}
 
 
 def _say(p: Problem) -> str:
@@ -152,6 +191,10 @@ def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: d
         raise JobError(f"{source}:{line}: {_say(problems[0])}")
     if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
         values["init"] = str(base_dir / values["init"])
+    if values.get("merge") and base_dir is not None:
+        path, _ = parse_merge(values["merge"])
+        if not Path(path).is_absolute():
+            values["merge"] = str(base_dir / values["merge"])
     job = dataclasses.replace(base, **values, source=source, line=line)
     try:
         validate(job, presets)
@@ -175,6 +218,10 @@ def validate(job: Job, presets: dict[str, str]) -> None:
         raise ValueError(f"noise_mult must be > 0, got {job.noise_mult}")
     if job.seed is not None and not 0 <= job.seed < 2**63 - job.n:
         raise ValueError(f"seed must be a non-negative integer, got {job.seed}")
+    if job.overlap is not None and job.overlap < 0:
+        raise ValueError(f"overlap must be >= 0 pixels, got {job.overlap}")
+    if isinstance(job.tile, int) and job.overlap is not None and job.overlap >= job.tile:
+        raise ValueError(f"overlap must be smaller than the tile ({job.tile} px), got {job.overlap}")
     parse_chain(job.post, presets)
 
 

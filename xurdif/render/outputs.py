@@ -26,7 +26,7 @@ MANIFEST = "manifest.jsonl"
 CONTACT_DIR = "contact-sheets"  # OUT/contact-sheets/<index>-<slug>.png, never among the samples
 OLD_CONTACT = "contact-sheet.png"  # where earlier versions put a prompt's sheet: inside its folder
 RECORD_KEY = "xurdif"  # PNG text chunk holding the image's manifest record
-IMAGE_RE = re.compile(r"\d+\.png")
+IMAGE_RE = re.compile(r"\d+(-w[0-9.e+-]+)?\.png")  # <seed>.png, a merge sweep's <seed>-w<weight>.png
 SLUG_MAX = 48
 
 
@@ -139,10 +139,10 @@ def contact_sheet_path(out_dir: Path, folder: str) -> Path:
     return out_dir / CONTACT_DIR / f"{folder}.png"
 
 
-def write_contact_sheet(out_dir: Path, folder: str, files: list[Path]) -> Path | None:
-    """A grid of a prompt's images (read back from disk, so it includes earlier runs), at
-    OUT/contact-sheets/FOLDER.png: a sample folder holds samples only, so tools that read
-    it (tools/evaluate.py --fake) see no sheet among them."""
+def write_contact_sheet(out_dir: Path, folder: str, files: list[Path], nrow: int | None = None) -> Path | None:
+    """A grid of a prompt's images (read back from disk, so it includes earlier runs), `nrow`
+    images a row (default: a square), at OUT/contact-sheets/FOLDER.png: a sample folder
+    holds samples only, so tools that read it (tools/evaluate.py --fake) see no sheet among them."""
     from torchvision.utils import make_grid
 
     imgs = []
@@ -154,7 +154,7 @@ def write_contact_sheet(out_dir: Path, folder: str, files: list[Path]) -> Path |
     h = max(i.shape[1] for i in imgs)
     w = max(i.shape[2] for i in imgs)
     imgs = [torch.nn.functional.pad(i, (0, w - i.shape[2], 0, h - i.shape[1])) for i in imgs]
-    grid = make_grid(torch.stack(imgs), nrow=math.ceil(math.sqrt(len(imgs))), padding=2, pad_value=0)
+    grid = make_grid(torch.stack(imgs), nrow=nrow or math.ceil(math.sqrt(len(imgs))), padding=2, pad_value=0)
     path = contact_sheet_path(out_dir, folder)
     write_png_atomic(path, grid.permute(1, 2, 0).numpy(), {"Software": "xurdif"})
     (out_dir / folder / OLD_CONTACT).unlink(missing_ok=True)  # ours, from an earlier version

@@ -89,10 +89,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [n, heads, tokens, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        # Tokens-major throughout: the 1x1 convs run as matmuls on [n, h*w, c], so q, k
+        # and v reach the kernel with head_dim contiguous (stride 1), which the flash and
+        # memory-efficient kernels require; a channels-first layout (stride h*w) would
+        # fall back to the kernel that materialises every (h*w)^2 score.
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [n, hw, c]
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = qkv.view(n, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [n, heads, hw, head_dim]
+        out = F.linear(out.transpose(1, 2).reshape(n, h * w, c), self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
 class UNet(nn.Module):

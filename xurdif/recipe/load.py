@@ -113,7 +113,8 @@ def _describe_type(t: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
-        return " or ".join(_describe_type(a) for a in args) + " or null"
+        null = " or null" if type(None) in typing.get_args(t) else ""
+        return " or ".join(_describe_type(a) for a in args) + null
     if origin is list:
         return f"a list of {_describe_type(typing.get_args(t)[0])}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, str(t))

@@ -20,6 +20,8 @@ SAFE_TO_CHANGE = (
     "name", "train.images", "train.steps", "train.batch_size", "train.grad_accum", "train.max_nonfinite",
     "train.output_dir", "optim.lr", "optim.warmup_images", "optim.lr_schedule", "optim.min_lr_ratio",
     "data.num_workers", "log.", "samples.", "checkpoint.",
+    # Speed switches: they change how the same computation runs, not what it means.
+    "train.compile", "train.channels_last", "train.activation_checkpointing", "train.tf32", "train.deterministic",
 )
 
 

@@ -154,9 +154,20 @@ def run_table(args: argparse.Namespace) -> list[dict]:
           f"torch {torch.__version__}; precision {args.precision}", flush=True)
     rows: list[dict] = []
     start = time.perf_counter()
-    header = ("| preset | px | batch | mode | images/s | step ms | synthetic images/s | real/synthetic "
-              "| peak GiB | GFLOP/img fwd | MFU | warm-up s |")
-    print(header + "\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    lines = [f"{name}, {args.precision}, torch {torch.__version__}",
+             "| preset | px | batch | mode | images/s | step ms | synthetic images/s | real/synthetic "
+             "| peak GiB | GFLOP/img fwd | MFU | warm-up s |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def emit(line: str) -> None:
+        # Also into --table after every row: a run cut short keeps what it measured.
+        lines.append(line)
+        print(line, flush=True)
+        if args.table:
+            Path(args.table).write_text("\n".join(lines) + "\n")
+
+    for line in lines[1:]:
+        print(line, flush=True)
     with tempfile.TemporaryDirectory(prefix="xurdif-bench-") as tmp:
         tmp = Path(tmp)
         for mode in args.modes:
@@ -167,7 +178,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                     rows.append(row)
                     if time.perf_counter() - start > args.budget_s:
                         row["error"] = f"skipped: --budget-s {args.budget_s} spent"
-                        print(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |", flush=True)
+                        emit(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |")
                         continue
                     recipe = bench_recipe(preset, size, batch, args.precision, mode == "compiled",
                                           noise_folder(tmp, size), tmp / f"run-{preset}-{size}-{mode}",
@@ -178,7 +189,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                         if args.verbose:
                             traceback.print_exc()
-                        print(f"| {preset} | {size} | {batch} | {mode} | error: {row['error']} |", flush=True)
+                        emit(f"| {preset} | {size} | {batch} | {mode} | error: {row['error']} |")
                         free(device)
                         continue
                     free(device)
@@ -186,10 +197,11 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                     ips, syn = batch / row["step_s"], batch / row["synthetic_step_s"]
                     mfu = 3 * gflops * 1e9 * ips / (peak * 1e12) if peak else None
                     row.update(images_per_s=ips, synthetic_images_per_s=syn, gflop_fwd=gflops, mfu=mfu)
-                    print(f"| {preset} | {size} | {batch} | {mode} | {ips:.1f} | {1e3 * row['step_s']:.1f} "
-                          f"| {syn:.1f} | {ips / syn:.3f} | {row['peak_gib']:.2f} | {gflops:.2f} "
-                          f"| {f'{100 * mfu:.1f} %' if mfu is not None else 'n/a'} | {row['warmup_s']:.1f} |",
-                          flush=True)
+                    emit(f"| {preset} | {size} | {batch} | {mode} | {ips:.1f} | {1e3 * row['step_s']:.1f} "
+                         f"| {syn:.1f} | {ips / syn:.3f} | {row['peak_gib']:.2f} | {gflops:.2f} "
+                         f"| {f'{100 * mfu:.1f} %' if mfu is not None else 'n/a'} | {row['warmup_s']:.1f} |")
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -207,4 +219,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train.activation_checkpointing for every row, e.g. true or [0,1]")
     g.add_argument("--budget-s", type=float, default=float("inf"), help="start no row after this many seconds")
     g.add_argument("--json", default="", help="also write the rows as JSON to this file")
+    g.add_argument("--table", default="", help="also write the Markdown table to this file")
     g.add_argument("--verbose", action="store_true", help="print tracebacks of failing rows")

@@ -33,7 +33,7 @@ def test_linear_schedule_and_unknown_name():
         make_schedule("sigmoid")
 
 
-@pytest.mark.parametrize("pred", ["eps", "x0", "v"])
+@pytest.mark.parametrize("pred", ["eps", "x0", "v", "edm"])
 def test_prediction_round_trips(pred):
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
@@ -48,7 +48,7 @@ def test_prediction_round_trips(pred):
 def test_v_is_the_rotation_of_eps_and_x0():
     x0, eps, ab = torch.tensor(0.3), torch.tensor(-1.2), torch.tensor(0.64)
     assert P.target("v", x0, eps, ab).item() == pytest.approx(0.8 * -1.2 - 0.6 * 0.3)
-    with pytest.raises(ValueError, match="valid: eps, x0, v"):
+    with pytest.raises(ValueError, match="valid: eps, x0, v, edm"):
         P.target("score", x0, eps, ab)
 
 

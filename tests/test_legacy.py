@@ -4,22 +4,28 @@ the imported networks must compute exactly what the originals' weights compute."
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from xurdif.diffusion.denoiser import Denoiser
 from xurdif.diffusion.schedule import make_schedule
 from xurdif.legacy_import import SCHEDULE_BUFFERS, main
-from xurdif.models.legacy import TinyUNetWithAttention3, Unet2
+from xurdif.models.legacy import TinyUNetWithAttention3, Unet0, Unet1, Unet2, UnetCN0
 from xurdif.weights import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
+# Genuine checkpoints written by urdiffusion's own trainer (see its README).
+GENUINE = ROOT.parent / "shared" / "legacy"
+SUPPORTED_LIST = "tinyunet_with_attention3, unet0, unet1, unet2, unetcn0"
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -223,9 +229,16 @@ def test_fp16_checkpoint_weights_import_as_float32(tiny, tmp_path):
 # --- errors ------------------------------------------------------------------
 
 def test_unknown_architecture_lists_supported_ones(tiny, tmp_path):
-    msg = import_error(tmp_path, legacy_checkpoint(*tiny, "unet1"))
-    assert "model-12.pt" in msg and "'unet1'" in msg
-    assert "supported: tinyunet_with_attention3, unet2" in msg
+    msg = import_error(tmp_path, legacy_checkpoint(*tiny, "unet3"))
+    assert msg == (f"import_urdiffusion: {tmp_path / 'model-12.pt'}: unsupported architecture (mtype) 'unet3'; "
+                   f"supported: {SUPPORTED_LIST}")
+
+
+@pytest.mark.parametrize("mtype", ["unet0k5", "tinyunet", "tinyunet_with_attention", "unet2d"])
+def test_never_published_architectures_say_so(mtype, tiny, tmp_path):
+    msg = import_error(tmp_path, legacy_checkpoint(*tiny, mtype))
+    assert msg == (f"import_urdiffusion: {tmp_path / 'model-12.pt'}: architecture (mtype) {mtype!r} was never "
+                   f"published, so it cannot be imported; supported: {SUPPORTED_LIST}")
 
 
 def test_missing_key_is_named(tiny, tmp_path):
@@ -297,7 +310,10 @@ def test_command_line_tool_help(monkeypatch, capsys):
         runpy.run_path(str(ROOT / "tools" / "import_urdiffusion.py"), run_name="__main__")
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--trust-pickle" in out and "tinyunet_with_attention3, unet2" in out
+    assert "--trust-pickle" in out
+    text = " ".join(out.split())  # argparse wraps the description
+    assert f"Supported architectures (mtype): {SUPPORTED_LIST};" in text
+    assert "unet0k5, tinyunet, tinyunet_with_attention, unet2d were never published" in text
 
 
 def test_recipe_fine_tunes_an_imported_model(tiny, tmp_path):
@@ -319,6 +335,113 @@ def test_recipe_fine_tunes_an_imported_model(tiny, tmp_path):
     trained, imported = load_state(out / "model.safetensors", "model"), load_state(legacy, "ema")
     assert all(torch.equal(trained[k], imported[k]) for k in imported)
     # A real fine-tune moves the weights.
+    assert launch_main([*common, "optim.lr=1e-3", f"train.output_dir={tmp_path / 'ft'}"]) == 0
+    moved = load_state(tmp_path / "ft" / "model.safetensors", "model")
+    assert any(not torch.equal(moved[k], imported[k]) for k in imported)
+
+
+# --- urdiffusion's other architectures: genuine checkpoints -------------------
+
+NEW_NETS = {"unet0": Unet0, "unet1": Unet1, "unetcn0": UnetCN0}
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory) -> dict[str, Path]:
+    """Each genuine checkpoint imported once through the command line, at its trained size 64."""
+    if not GENUINE.is_dir():
+        pytest.skip(f"{GENUINE} not found: the genuine urdiffusion checkpoints live in ../shared/legacy")
+    out_dir = tmp_path_factory.mktemp("genuine")
+    files = {}
+    for mtype in NEW_NETS:
+        files[mtype] = out_dir / f"{mtype}.safetensors"
+        assert main([str(GENUINE / f"urdiffusion-{mtype}-small.pt"), "--out", str(files[mtype]), "--size", "64"]) == 0
+    return files
+
+
+@pytest.mark.parametrize("mtype", list(NEW_NETS))
+def test_genuine_checkpoints_reproduce_the_original_networks(mtype, genuine):
+    ref = torch.load(GENUINE / f"urdiffusion-{mtype}-small.ref.pt", weights_only=True)
+    info = json.loads((GENUINE / f"urdiffusion-{mtype}-small.ref.json").read_text())
+    for weights in ("model", "ema"):
+        net, meta = load_network(genuine[mtype], weights=weights)
+        with torch.no_grad():
+            got = net.eval()(ref["x"], ref["t"])
+        torch.testing.assert_close(got, ref[f"out_{weights}"], atol=1e-4, rtol=1e-4, msg=weights)
+        # the other set is far off: model and EMA were not swapped or merged
+        other = ref["out_ema" if weights == "model" else "out_model"]
+        assert (got - other).abs().max() > 0.5
+    assert n_params(net) == info["n_params"]
+    assert len(net.state_dict()) + len(SCHEDULE_BUFFERS) == info["n_state_dict_entries"]
+    assert meta.architecture == mtype and type(net) is NEW_NETS[mtype]
+    assert meta.net_config == {"dim": 64, "dim_mults": [1, 2]}
+    assert (meta.schedule, meta.timesteps, meta.prediction) == ("cosine_urdiffusion", 1000, "eps")
+    assert meta.value_range == (-0.5, 0.5) and meta.image_size == (64, 64)
+    assert meta.source == f"imported from urdiffusion-{mtype}-small.pt"
+
+
+@pytest.mark.parametrize("mtype", list(NEW_NETS))
+def test_other_mults_import_strictly(mtype, tmp_path):
+    # Three levels and a non-doubling multiplier: nothing may assume the fixtures' [1, 2].
+    net = make_net(NEW_NETS[mtype], 4, dim=32, dim_mults=[1, 1, 3])
+    ema = perturbed_copy(net, 5)
+    out = run_import(tmp_path, legacy_checkpoint(net, ema, mtype), "--size", "32")
+    x, t = torch.rand(2, 3, 16, 16) - 0.5, torch.tensor([3, 999])
+    for weights, original in (("model", net), ("ema", ema)):
+        imported, meta = load_network(out, weights=weights)
+        with torch.no_grad():
+            assert torch.equal(imported(x, t), original(x, t)), weights
+    assert meta.net_config == {"dim": 32, "dim_mults": [1, 1, 3]}
+    # Read with the wrong mults, the first mismatched key (missing or misshapen) is named.
+    (tmp_path / "wrong").mkdir()
+    msg = import_error(tmp_path / "wrong", legacy_checkpoint(net, ema, mtype, mults=[1, 2, 3]))
+    assert "'denoise_fn.downs.1." in msg and msg.endswith(("for " + mtype, "(32, 32, 3, 3)")), msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("mtype", list(NEW_NETS))
+def test_mults_the_original_could_not_run_are_one_line(mtype, tmp_path):
+    net = make_net(NEW_NETS[mtype], 4, dim=32, dim_mults=[1, 2])
+    msg = import_error(tmp_path, legacy_checkpoint(net, net, mtype, mults=[2, 2]))
+    assert msg == (f"import_urdiffusion: {tmp_path / 'model-12.pt'}: {mtype}: dim_mults must start with 1 "
+                   "(its final conv takes dim channels), got [2, 2]")
+
+
+def test_imported_urdiffusion_models_render_with_sample_tool(genuine, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pictures = {}
+    for mtype, model in genuine.items():
+        for weights in ("ema", "model"):
+            out = tmp_path / mtype / weights
+            monkeypatch.setattr(sys, "argv", ["sample.py", str(model), "--prompt", "old friend", "--n", "2",
+                                              "--seed", "7", "--steps", "3", "--size", "16x16", "--weights",
+                                              weights, "-o", str(out), "--no-progress"])
+            with pytest.raises(SystemExit) as e:
+                runpy.run_path(str(ROOT / "tools" / "sample.py"), run_name="__main__")
+            assert e.value.code in (0, None)
+            files = sorted(out.glob("*/[0-9]*.png"))
+            assert [f.name for f in files] == ["7.png", "8.png"]
+            pictures[mtype, weights] = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+            assert all(p.shape == (16, 16, 3) and p.std() > 0 for p in pictures[mtype, weights])
+        assert not np.array_equal(pictures[mtype, "ema"][0], pictures[mtype, "model"][0])
+    assert not np.array_equal(pictures["unet0", "ema"][0], pictures["unetcn0", "ema"][0])
+
+
+@pytest.mark.parametrize("mtype", list(NEW_NETS))
+def test_recipe_fine_tunes_an_imported_urdiffusion_model(mtype, genuine, tmp_path):
+    from xurdif.train.cli import main as launch_main
+    from xurdif.weights import load_state, read_meta
+
+    legacy = genuine[mtype]
+    recipe = str(ROOT / "tests" / "recipes" / "fixture.yaml")
+    common = [recipe, f"model.init_from={legacy}", "samples.n=1", "samples.steps=1", "log.tensorboard=false",
+              "train.steps=2", "train.batch_size=2"]
+    # lr 0: the run starts from (and keeps) the imported EMA weights, network and schedule.
+    assert launch_main([*common, "optim.lr=0", f"train.output_dir={tmp_path / 'keep'}"]) == 0
+    meta = read_meta(tmp_path / "keep" / "model.safetensors")
+    assert meta.architecture == mtype and meta.prediction == "eps" and meta.value_range == (-0.5, 0.5)
+    assert meta.schedule == "cosine_urdiffusion" and meta.net_config == read_meta(legacy).net_config
+    kept, imported = load_state(tmp_path / "keep" / "model.safetensors", "model"), load_state(legacy, "ema")
+    assert kept.keys() == imported.keys() and all(torch.equal(kept[k], imported[k]) for k in imported)
     assert launch_main([*common, "optim.lr=1e-3", f"train.output_dir={tmp_path / 'ft'}"]) == 0
     moved = load_state(tmp_path / "ft" / "model.safetensors", "model")
     assert any(not torch.equal(moved[k], imported[k]) for k in imported)

@@ -42,12 +42,12 @@ def test_key_in_wrong_section_suggests_the_right_one(tmp_path):
 
 
 def test_wrong_type_and_range_and_choice_all_reported_at_once(tmp_path):
-    p = write(tmp_path, "t.yaml", MINIMAL + "train: {images: 100, batch_size: many}\n"
+    p = write(tmp_path, "t.yaml", "data: {path: x}\ntrain: {images: 100, batch_size: many}\n"
               "optim: {lr: -1}\ndiffusion: {prediction: noise}\n")
     got = problems(p)
     assert f"{p}: train.batch_size: got 'many'; expected an integer" in got
     assert f"{p}: optim.lr: -1.0 is out of range; allowed 0.0 to 1.0" in got
-    assert f"{p}: diffusion.prediction: got 'noise'; expected one of 'eps', 'x0', 'v'" in got
+    assert f"{p}: diffusion.prediction: got 'noise'; expected one of 'eps', 'x0', 'v', 'edm'" in got
     assert len(got) == 3
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from xurdif.guidance import KEYS as GUIDANCE_KEYS
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
@@ -265,6 +266,17 @@ def test_ctrl_c_finishes_the_batch_and_stops_cleanly(model_file, tmp_path):
     assert not list((tmp_path / "o").glob("**/*.tmp"))
 
 
+def test_bad_guidance_key_is_reported_with_job_file_and_line(model_file, tmp_path):
+    f = tmp_path / "jobs.yaml"
+    f.write_text("jobs:\n  - fine\n  - {prompt: bad key, guidance: {sclae: 2}}\n")
+    jobs, errors, _ = load_jobs(f, Job(steps=1))
+    assert errors == [] and len(jobs) == 2
+    res = render(model_file, jobs[1:], tmp_path / "out", progress=False)
+    assert res.failures == [f"{f}:3: guidance: unknown key 'sclae'; did you mean 'scale'? valid keys: "
+                            + ", ".join(GUIDANCE_KEYS)]
+    assert res.written == 0
+
+
 def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_path, capsys):
     import open_clip
 
@@ -292,4 +304,5 @@ def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_p
     guides = recs["a guided face"]["params"]["guidance"]
     assert json.dumps(guides).count("a guided face") >= 1  # the prompt is the CLIP text
     with Image.open(out / recs["a guided face"]["file"]) as im:
-        assert "a guided face" in im.text["parameters"] or "a guided face" in json.dumps(im.text)
+        assert im.text["prompt"] == "a guided face"
+        assert json.loads(im.text["parameters"]) == recs["a guided face"]["params"]

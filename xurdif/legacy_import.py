@@ -17,8 +17,20 @@ import torch
 from .models import build_network
 from .weights import ModelMeta, save_model_file
 
-# Legacy mtype -> our registry name (the same names, see xurdif/models/__init__.py).
-SUPPORTED = ("tinyunet_with_attention3", "unet2")
+# Legacy mtype (also our registry name, see xurdif/models/__init__.py) -> the
+# first time-MLP layer, [4·dim, dim]: every original was built with dim=64, but
+# the width is readable from the weights, so we take it from there.
+WIDTH_KEYS = {
+    "tinyunet_with_attention3": "time_mlp.0.weight",  # xurdif
+    "unet0": "mlp.0.weight",  # urdiffusion, from here on
+    "unet1": "time_mlp.1.weight",
+    "unet2": "time_mlp.1.weight",
+    "unetcn0": "time_mlp.1.weight",
+}
+SUPPORTED = tuple(WIDTH_KEYS)
+# Named by the trainers (urdiffusion: unet0k5; xurdif: the rest) but their network
+# files were never published, so no checkpoint of them can have been trained.
+NEVER_PUBLISHED = ("unet0k5", "tinyunet", "tinyunet_with_attention", "unet2d")
 PREDICTIONS = ("eps", "x0")  # the originals had no v-prediction
 PREFIX = "denoise_fn."
 SCHEDULE_BUFFERS = (
@@ -95,9 +107,7 @@ def net_config(mtype: str, ckpt: dict, weights: dict[str, torch.Tensor], path: P
     mults = ckpt.get("mults")
     if mults is None:
         raise LegacyImportError(f"{path}: no 'mults' stored in the checkpoint; pass them with --mults")
-    # Both originals were built with dim=64, but the width is readable from the
-    # first time-MLP layer ([4·dim, dim]), so we take it from the weights.
-    first = "time_mlp.0.weight" if mtype == "tinyunet_with_attention3" else "time_mlp.1.weight"
+    first = WIDTH_KEYS[mtype]
     if first not in weights:
         raise LegacyImportError(f"{path}: missing key {PREFIX + first!r} in 'model' for {mtype}")
     return {"dim": int(weights[first].shape[1]), "dim_mults": [int(m) for m in mults]}
@@ -106,6 +116,11 @@ def net_config(mtype: str, ckpt: dict, weights: dict[str, torch.Tensor], path: P
 def convert(ckpt: dict, path: Path, image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[ModelMeta, dict, dict | None]:
     """A legacy checkpoint dict -> (meta, model state, ema state or None)."""
     mtype = ckpt.get("mtype")
+    if mtype in NEVER_PUBLISHED:
+        raise LegacyImportError(
+            f"{path}: architecture (mtype) {mtype!r} was never published, so it cannot be imported; "
+            f"supported: {', '.join(SUPPORTED)}"
+        )
     if mtype not in SUPPORTED:
         raise LegacyImportError(
             f"{path}: unsupported architecture (mtype) {mtype!r}; supported: {', '.join(SUPPORTED)}"
@@ -116,7 +131,10 @@ def convert(ckpt: dict, path: Path, image_size: int = DEFAULT_IMAGE_SIZE) -> tup
 
     model_w, buffers = split_state(ckpt["model"], path, "model")
     config = net_config(mtype, ckpt, model_w, path)
-    net = build_network(mtype, config)
+    try:
+        net = build_network(mtype, config)
+    except ValueError as e:  # mults the original network could not have been built with
+        raise LegacyImportError(f"{path}: {e}") from None
     model_state = load_strict(net, model_w, path, "model", mtype)
     ema_state = None
     if ckpt.get("ema") is not None:
@@ -156,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="import_urdiffusion.py",
         description="Convert an urdiffusion or xurdif checkpoint (model-N.pt) into an xurdif model "
                     "file (.safetensors) that tools/sample.py and model.init_from can use. "
-                    f"Supported architectures: {', '.join(SUPPORTED)}.",
+                    f"Supported architectures (mtype): {', '.join(SUPPORTED)}; "
+                    f"{', '.join(NEVER_PUBLISHED)} were never published and cannot be imported.",
     )
     p.add_argument("checkpoint", help="the legacy checkpoint, e.g. train/model-120.pt")
     p.add_argument("--out", required=True, help="where to write the .safetensors model file")

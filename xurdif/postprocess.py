@@ -7,11 +7,12 @@ the same pixels.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Sequence
 
 import kornia
 import torch
+
+from .options import close_matches, coerce
 
 Image = torch.Tensor  # [N, 3, H, W] in [0, 1]
 
@@ -97,15 +98,15 @@ def _parse(spec: str, presets: dict[str, str], seen: tuple[str, ...]) -> list[tu
             continue
         if name not in OPS:
             raise ValueError(_unknown(name, list(OPS), "postprocessing op"))
-        try:
-            chain.append((name, float(value)))
-        except ValueError:
-            raise ValueError(f"postprocessing op {name!r} needs a number, got {value!r}") from None
+        ok, number = coerce(float, value.strip())
+        if not ok:
+            raise ValueError(f"postprocessing op {name!r} needs a number, got {value!r}")
+        chain.append((name, number))
     return chain
 
 
 def _unknown(name: str, valid: list[str], what: str) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
+    close = close_matches(name, valid)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {what} {name!r}{hint} (valid: {', '.join(valid)})"
 

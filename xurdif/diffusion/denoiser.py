@@ -26,7 +26,7 @@ class Denoiser:
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         ab = self.schedule.ab(t).view(-1, 1, 1, 1)
-        out = self.net(x_t, t).float()
+        out = self.net(P.net_input(self.prediction, x_t, ab), t).float()  # aug labels: none = zeros
         x0 = P.to_x0(self.prediction, out, x_t, ab)
         return x0.clamp(*self.value_range) if self.clip else x0
 

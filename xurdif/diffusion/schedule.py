@@ -26,6 +26,25 @@ class Schedule:
         """ᾱ at integer timesteps t (any shape), as float32 on t's device."""
         return self.alphas_cumprod.to(t.device)[t.long()].float()
 
+    def log_snr_range(self) -> tuple[float, float]:
+        """(lowest, highest) log(ᾱ/(1-ᾱ)) of the table: the noise levels the timesteps span."""
+        ac = self.alphas_cumprod
+        return float((ac[-1] / (1 - ac[-1])).log()), float((ac[0] / (1 - ac[0])).log())
+
+    def continuous_t(self, log_snr: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep at which the schedule has this log-SNR (linear between
+        table entries, clamped to [0, T-1]). Models trained on continuous noise levels
+        (diffusion.noise_dist: lognormal) get it as their time input, so at sampling the
+        integer timesteps mean the same noise levels."""
+        ac = self.alphas_cumprod.to(log_snr.device)
+        table = (ac / (1 - ac)).log().flip(0).float()  # increasing with -t
+        q = log_snr.float().clamp(float(table[0]), float(table[-1]))
+        hi = torch.searchsorted(table, q).clamp(1, self.T - 1)
+        lo = hi - 1
+        frac = (q - table[lo]) / (table[hi] - table[lo])
+        rev = lo.float() + frac  # position in the flipped table
+        return (self.T - 1) - rev
+
     def describe(self) -> dict:
         return {"schedule": self.name, "timesteps": self.T}
 

@@ -8,7 +8,6 @@ network, and retry, first).
 """
 from __future__ import annotations
 
-import difflib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..options import close_matches
 from .config import GuidanceError
 
 RANDOM_WEIGHTS = ("none", "random")
@@ -27,7 +27,7 @@ def _check_architecture(arch: str) -> None:
 
     names = open_clip.list_models()
     if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=3)
+        close = close_matches(arch, names, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise GuidanceError(f"guidance.clip_model: unknown open_clip architecture {arch!r}; {hint}"
                             f"see open_clip.list_models()")

@@ -1,19 +1,20 @@
 """The guidance options: one frozen dataclass is the single source of truth for
 every key a job's `guidance:` dict may hold, its type and its default.
 
-`parse_guidance(dict)` validates a job's dict against it: an unknown key names
-the closest valid one, a value of the wrong type or range names what is valid.
+`parse_guidance(dict)` validates a job's dict against it (through
+xurdif.options): an unknown key names the closest valid one, a value of the
+wrong type or range names what is valid.
 Weighted prompt lists are normalised here, so the rest of the package only sees
 tuples of `Weighted(value, weight)`.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..options import Problem, coerce, convert
 
 
 class GuidanceError(ValueError):
@@ -38,7 +39,7 @@ class GuidanceCfg:
     # Text prompts; empty means the job's prompt. "a red fox:1, blurry:-0.5".
     text: tuple[Weighted, ...] = ()
     text_weight: float = 1.0
-    clip_loss: str = "cosine"  # distance of embeddings, text and image prompts
+    clip_loss: str = field(default="cosine", metadata={"choices": CLIP_LOSSES})  # embedding distance
     # Image prompts (CLIP similarity to pictures): "a.png:1, b.png:0.5".
     image_prompts: tuple[Weighted, ...] = ()
     image_weight: float = 1.0
@@ -53,7 +54,7 @@ class GuidanceCfg:
     # Target picture in pixel space, optional mask (white = applies).
     target: str = ""
     target_weight: float = 1.0
-    target_loss: str = "ssim"
+    target_loss: str = field(default="ssim", metadata={"choices": TARGET_LOSSES})
     target_mask: str = ""
     # Gram-matrix style from CLIP image-tower blocks; () = the first four.
     style: str = ""
@@ -107,50 +108,45 @@ def parse_weighted(spec: str | list | tuple, key: str, item_key: str) -> tuple[W
 
 
 def _number(v, key: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    ok, x = coerce(float, v)
+    if not ok:
         raise GuidanceError(f"guidance.{key}: expected a finite number, got {v!r}")
-    return float(v)
+    return x
 
 
-def _coerce(key: str, v):
-    kind = _TYPES[key]
-    if kind is float:
-        return _number(v, key)
-    if kind is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise GuidanceError(f"guidance.{key}: expected an integer, got {v!r}")
-        return v
-    if kind is bool:
-        if not isinstance(v, bool):
-            raise GuidanceError(f"guidance.{key}: expected true or false, got {v!r}")
-        return v
-    if kind is str:
-        if v is None:
-            return ""
-        if not isinstance(v, str):
-            raise GuidanceError(f"guidance.{key}: expected a string, got {v!r}")
-        return v
-    if key == "text":
-        return parse_weighted(v, key, "text")
-    if key == "image_prompts":
-        return parse_weighted(v, key, "image")
-    if key == "style_layers":
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = [v]
-        if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
-            raise GuidanceError(f"guidance.style_layers: expected a list of block indices, got {v!r}")
-        return tuple(v)
-    raise AssertionError(f"no coercion for {key}")  # a field added without one
+def _style_layers(v) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    ok, layers = coerce(tuple[int, ...], v)
+    if not ok:
+        raise GuidanceError(f"guidance.style_layers: expected a list of block indices, got {v!r}")
+    return layers
+
+
+# Fields with a shape of their own; every other field is a plain typed value.
+_PARSERS = {
+    "text": lambda v: parse_weighted(v, "text", "text"),
+    "image_prompts": lambda v: parse_weighted(v, "image_prompts", "image"),
+    "style_layers": _style_layers,
+}
+
+
+def _say(p: Problem) -> str:
+    if p.kind == "unknown":
+        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
+        return f"guidance: unknown key {p.key!r}; {hint}valid keys: {', '.join(KEYS)}"
+    if p.kind == "choice":
+        return f"guidance.{p.key}: {p.value!r} is invalid; valid: {', '.join(p.choices)}"
+    if p.kind == "invalid":
+        return p.message
+    expected = "a finite number" if p.t is float else p.expected
+    return f"guidance.{p.key}: expected {expected}, got {p.value!r}"
 
 
 def _check(cfg: GuidanceCfg) -> None:
     def bad(key: str, valid: str) -> GuidanceError:
         return GuidanceError(f"guidance.{key}: {getattr(cfg, key)!r} is invalid; valid: {valid}")
 
-    if cfg.clip_loss not in CLIP_LOSSES:
-        raise bad("clip_loss", ", ".join(CLIP_LOSSES))
-    if cfg.target_loss not in TARGET_LOSSES:
-        raise bad("target_loss", ", ".join(TARGET_LOSSES))
     if cfg.cutouts < 1:
         raise bad("cutouts", "an integer >= 1")
     if not 0 < cfg.cut_min <= 1:
@@ -179,13 +175,11 @@ def parse_guidance(options: dict | None) -> GuidanceCfg:
         return options
     if not isinstance(options, dict):
         raise GuidanceError(f"guidance: expected a mapping of options, got {type(options).__name__}")
-    values = {}
-    for key, v in options.items():
-        if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise GuidanceError(f"guidance: unknown key {key!r}; {hint}valid keys: {', '.join(KEYS)}")
-        values[key] = _coerce(key, v)
+    # A null path or text means "none", like leaving the key out.
+    options = {k: "" if v is None and _TYPES.get(k) is str else v for k, v in options.items()}
+    values, problems = convert(GuidanceCfg, options, parsers=_PARSERS)
+    if problems:
+        raise GuidanceError(_say(problems[0]))
     cfg = GuidanceCfg(**values)
     _check(cfg)
     return cfg

@@ -13,7 +13,10 @@ from torch import nn
 ARCHITECTURES = {
     "xurdif_unet": "xurdif.models.unet:UNet",
     "tinyunet_with_attention3": "xurdif.models.legacy:TinyUNetWithAttention3",
+    "unet0": "xurdif.models.legacy:Unet0",
+    "unet1": "xurdif.models.legacy:Unet1",
     "unet2": "xurdif.models.legacy:Unet2",
+    "unetcn0": "xurdif.models.legacy:UnetCN0",
 }
 
 

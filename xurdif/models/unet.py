@@ -124,6 +124,7 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         emb_dim: int | None = None,
         patch_size: int = 1,
+        aug_dim: int = 0,
     ):
         super().__init__()
         levels = len(mults)
@@ -141,6 +142,10 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(base_width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU()
         )
+        # Non-leaky augmentation: the augmentation's parameters condition the network
+        # like the time does (EDM's augment_dim); zeros, the default, mean "not augmented".
+        self.aug_dim = aug_dim
+        self.aug_map = nn.Linear(aug_dim, base_width, bias=False) if aug_dim else None
         widths = [int(base_width * m) for m in mults]
         self.stem = nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1)
 
@@ -195,13 +200,16 @@ class UNet(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         # Any size works: pad up to a multiple of the total downsampling, crop back.
         ph, pw = -h % self.factor, -w % self.factor
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        emb = self.time_mlp(timestep_embedding(t.reshape(-1).expand(n), self.base_width))
+        emb = timestep_embedding(t.reshape(-1).expand(n), self.base_width)
+        if self.aug_map is not None and aug is not None:
+            emb = emb + self.aug_map(aug.to(emb.dtype))
+        emb = self.time_mlp(emb)
 
         hs, b = [], self.blocks_per_level
         x = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)

@@ -1,19 +1,19 @@
-"""Loading recipes: YAML (yaml.safe_load) merged over `base:` recipes and `a.b=c`
+"""Loading recipes: YAML (safe, duplicate keys refused) merged over `base:` recipes and `a.b=c`
 command-line overrides, then validated as a whole against the schema so that
 every error is reported, with file, dotted key and a suggestion, before any work
 starts."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
-import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from .. import yamlfile
+from ..options import Problem, convert, describe_type, leaf_keys, suggest_key
 from .schema import Recipe, RecipeError
 
 # ---------------------------------------------------------------- YAML merging
@@ -26,7 +26,7 @@ def _read_yaml(path: Path, problems: list[str]) -> dict:
         problems.append(f"{path}: recipe file not found")
         return {}
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -70,7 +70,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError([f"override {text!r}: expected section.key=value, e.g. train.images=5000"])
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip().split("."), yamlfile.load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError([f"override {key.strip()}: invalid YAML value {value!r}: "
+                           f"{getattr(e, 'problem', None) or e}"]) from None
 
 
 def _apply_override(data: dict, keys: list[str], value: Any) -> None:
@@ -85,108 +89,26 @@ def _apply_override(data: dict, keys: list[str], value: Any) -> None:
 # ---------------------------------------------------------------- validation
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        t = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(t):
-            keys += _all_keys(t, f"{prefix}{f.name}.")
-        else:
-            keys.append(prefix + f.name)
-    return keys
+def _say(p: Problem, where: str, valid: list[str]) -> str:
+    """A recipe problem in one line: file, dotted key, what would be valid."""
+    if p.kind == "unknown":
+        near = suggest_key(p.key, valid)
+        return f"{where}: {p.key}: unknown key" + (f"; did you mean {near}?" if near else "")
+    if p.kind == "mapping":
+        return f"{where}: {p.key or 'recipe'}: must be a mapping, got {p.value!r}"
+    if p.kind == "range":
+        lo = p.lo if p.lo is not None else "-inf"
+        hi = p.hi if p.hi is not None else "inf"
+        return f"{where}: {p.key}: {p.value!r} is out of range; allowed {lo} to {hi}"
+    if p.kind == "invalid":
+        return f"{where}: {p.key}: {p.message}"
+    return f"{where}: {p.key}: got {p.value!r}; expected {p.expected}"
 
 
-def _suggest(dotted: str, valid: list[str]) -> str:
-    section, _, leaf = dotted.rpartition(".")
-    same = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
-    near = [same[m] for m in difflib.get_close_matches(leaf, list(same), n=1, cutoff=0.6)]
-    if not near:  # maybe the key lives in another section
-        by_leaf = {k.rpartition(".")[2]: k for k in valid}
-        leaves = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
-        near = [by_leaf[leaves[0]]] if leaves else difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
-    return f"; did you mean {near[0]}?" if near else ""
-
-
-def _describe_type(t: Any) -> str:
-    origin = typing.get_origin(t)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        null = " or null" if type(None) in typing.get_args(t) else ""
-        return " or ".join(_describe_type(a) for a in args) + null
-    if origin is list:
-        return f"a list of {_describe_type(typing.get_args(t)[0])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, str(t))
-
-
-def _coerce(t: Any, v: Any) -> tuple[bool, Any]:
-    """(ok, value): check v against type t, converting only lossless cases (int -> float)."""
-    origin = typing.get_origin(t)
-    if origin in (typing.Union, types.UnionType):
-        if v is None:
-            return type(None) in typing.get_args(t), None
-        for a in typing.get_args(t):
-            if a is not type(None):
-                ok, out = _coerce(a, v)
-                if ok:
-                    return True, out
-        return False, v
-    if origin is Literal:
-        return v in typing.get_args(t), v
-    if origin is list:
-        if not isinstance(v, list):
-            return False, v
-        items = [_coerce(typing.get_args(t)[0], x) for x in v]
-        return all(ok for ok, _ in items), [x for _, x in items]
-    if t is bool:
-        return isinstance(v, bool), v
-    if t is int:
-        return isinstance(v, int) and not isinstance(v, bool), v
-    if t is float:
-        if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return True, float(v)
-            except ValueError:
-                return False, v
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        return ok, float(v) if ok else v
-    if t is str:
-        return isinstance(v, str), v
-    return False, v
-
-
-def _build(cls: type, data: Any, prefix: str, where: str, valid: list[str], problems: list[str]) -> Any:
-    if not isinstance(data, dict):
-        problems.append(f"{where}: {prefix.rstrip('.') or 'recipe'}: must be a mapping, got {data!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            problems.append(f"{where}: {dotted}: unknown key{_suggest(dotted, valid)}")
-            continue
-        t = hints[key]
-        if dataclasses.is_dataclass(t):
-            kwargs[key] = _build(t, value if value is not None else {}, dotted + ".", where, valid, problems)
-            continue
-        ok, value = _coerce(t, value)
-        if not ok:
-            problems.append(f"{where}: {dotted}: got {value!r}; expected {_describe_type(t)}")
-            continue
-        md = names[key].metadata
-        nums = value if isinstance(value, list) else [value]
-        for x in nums:
-            if isinstance(x, (int, float)) and not isinstance(x, bool):
-                if md.get("min") is not None and x < md["min"] or md.get("max") is not None and x > md["max"]:
-                    lo = md.get("min") if md.get("min") is not None else "-inf"
-                    hi = md.get("max") if md.get("max") is not None else "inf"
-                    problems.append(f"{where}: {dotted}: {value!r} is out of range; allowed {lo} to {hi}")
-                    break
-        kwargs[key] = value
-    return cls(**kwargs)
+def _build(data: Any, where: str, valid: list[str], problems: list[str]) -> Recipe:
+    values, found = convert(Recipe, data)
+    problems += [_say(p, where, valid) for p in found]
+    return Recipe(**values)
 
 
 def _check_consistency(r: Recipe, where: str, problems: list[str]) -> None:
@@ -216,16 +138,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = _load_with_bases(path, problems)
     if problems:
         raise RecipeError(problems)
-    valid = _all_keys(Recipe)
+    valid = leaf_keys(Recipe)
     for text in overrides:
         keys, value = parse_override(text)
         dotted = ".".join(keys)
         if dotted not in valid and not any(v.startswith(dotted + ".") for v in valid):
-            problems.append(f"override {dotted}: unknown key{_suggest(dotted, valid)}")
+            near = suggest_key(dotted, valid)
+            problems.append(f"override {dotted}: unknown key" + (f"; did you mean {near}?" if near else ""))
             continue
         _apply_override(data, keys, value)
     data.setdefault("name", path.stem)
-    recipe = _build(Recipe, data, "", str(path), valid, problems)
+    recipe = _build(data, str(path), valid, problems)
     if not problems:
         _check_consistency(recipe, str(path), problems)
     if problems:
@@ -243,7 +166,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 def recipe_from_yaml(text: str, where: str = "recipe") -> Recipe:
     problems: list[str] = []
-    recipe = _build(Recipe, yaml.safe_load(text) or {}, "", where, _all_keys(Recipe), problems)
+    recipe = _build(yaml.safe_load(text) or {}, where, leaf_keys(Recipe), problems)
     if problems:
         raise RecipeError(problems)
     return recipe
@@ -265,7 +188,8 @@ def describe_keys() -> str:
                 walk(t, f"{prefix}{f.name}.")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {prefix}{f.name} = {default!r}  ({_describe_type(t)}) {f.metadata.get('doc', '')}")
+            kind = describe_type(t, f.metadata)
+            lines.append(f"  {prefix}{f.name} = {default!r}  ({kind}) {f.metadata.get('doc', '')}")
 
     walk(Recipe, "")
     return "\n".join(lines)

@@ -51,7 +51,16 @@ class ModelCfg:
 class DiffusionCfg:
     schedule: Literal["cosine", "linear"] = opt("cosine", doc="noise schedule")
     timesteps: int = opt(1000, min=10, max=100000, doc="number of discrete timesteps T")
-    prediction: Literal["eps", "x0", "v"] = opt("eps", doc="what the network predicts")
+    prediction: Literal["eps", "x0", "v", "edm"] = opt(
+        "eps", doc="what the network predicts; edm = Karras et al. 2022 preconditioning (c_in, c_skip, c_out)")
+    noise_dist: Literal["auto", "uniform", "lognormal"] = opt(
+        "auto", doc="training noise levels: uniform timesteps, or EDM's log-normal sigma (auto: lognormal for edm)")
+    p_mean: float = opt(-1.2, min=-10.0, max=10.0, doc="lognormal: mean of ln(sigma)")
+    p_std: float = opt(1.2, min=0.01, max=10.0, doc="lognormal: standard deviation of ln(sigma)")
+
+    @property
+    def lognormal(self) -> bool:
+        return self.noise_dist == "lognormal" or (self.noise_dist == "auto" and self.prediction == "edm")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,19 @@ class LossCfg:
     edge_threshold: float = opt(0.08, min=0.0, doc="Sobel magnitude (on [0,1] grey) that counts as edge")
     edge_weight: float = opt(4.0, min=0.0, doc="extra weight on edge pixels: 1 + edge_weight")
     min_snr_gamma: Optional[float] = opt(None, min=0.0, doc="min-SNR-gamma loss weighting (e.g. 5)")
+
+
+@dataclass(frozen=True)
+class AugmentCfg:
+    """Non-leaky augmentation (EDM, StyleGAN2-ADA): each kind is applied with probability p
+    and its parameters are given to the network as conditioning, zero at sampling."""
+    p: float = opt(0.0, min=0.0, max=1.0, doc="probability of each enabled augmentation (0 = off)")
+    xflip: bool = opt(True, doc="mirror left-right")
+    yflip: bool = opt(False, doc="mirror top-bottom")
+    rotate90: bool = opt(True, doc="rotate by a multiple of 90 degrees")
+    translate: float = opt(0.125, min=0.0, max=0.5, doc="integer shift up to this fraction of the size (0 = off)")
+    scale: float = opt(0.2, min=0.0, max=2.0, doc="isotropic scaling, std of log2(scale) (0 = off)")
+    color: bool = opt(True, doc="brightness, contrast and saturation changes")
 
 
 @dataclass(frozen=True)
@@ -144,6 +166,7 @@ class Recipe:
     model: ModelCfg = field(default_factory=ModelCfg)
     diffusion: DiffusionCfg = field(default_factory=DiffusionCfg)
     loss: LossCfg = field(default_factory=LossCfg)
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     ema: EmaCfg = field(default_factory=EmaCfg)

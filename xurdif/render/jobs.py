@@ -21,7 +21,6 @@ line never renumbers the others.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -30,7 +29,9 @@ from typing import Any
 
 import yaml
 
+from .. import yamlfile
 from ..diffusion.samplers import SAMPLERS
+from ..options import Problem, close_matches, coerce, convert
 from ..postprocess import parse_chain
 
 
@@ -46,7 +47,7 @@ class Job:
     n: int = 1                 # images for this prompt
     seed: int | None = None    # first seed (then seed+1, ...); None: derived from (index, image)
     steps: int = 50            # sampler steps for a full (strength 1) render
-    sampler: str = "ddim"      # ddim | dpmpp_2m | ddpm
+    sampler: str = field(default="ddim", metadata={"choices": tuple(SAMPLERS)})
     eta: float = 0.0           # ddim only: 0 deterministic, 1 DDPM-like noise
     size: tuple[int, int] | None = None  # (width, height); None: init's aspect or the model's size
     init: str | None = None    # init image (img2img), relative to the job file
@@ -101,53 +102,54 @@ def parse_size(value: Any) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """A string (from a prompts file) or YAML value into the option's type."""
-    text = isinstance(value, str)
-    if name == "size":
-        return parse_size(value)
-    if name == "guidance":
-        if not isinstance(value, dict):
-            raise ValueError("guidance must be a mapping (set it in a YAML job file)")
-        return dict(value)
-    if name in ("n", "steps", "seed"):
-        if name == "seed" and (value is None or (text and value.lower() in ("none", "random", ""))):
-            return None
-        if isinstance(value, bool) or not (isinstance(value, int) or (text and re.fullmatch(r"-?\d+", value))):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(value)
-    if name in ("eta", "strength", "noise_mult"):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if name == "init" and (value is None or value == ""):
+def _seed(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "random", "")):
         return None
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a string, got {value!r}")
-    return str(value)
+    ok, seed = coerce(int, value, text=True)
+    if not ok:
+        raise ValueError(f"seed must be an integer, got {value!r}")
+    return seed
 
 
-def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown option {name!r}; {hint}valid: {', '.join(OPTIONS)}"
+def _init(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    ok, path = coerce(str, value, text=True)
+    if not ok:
+        raise ValueError(f"init must be a string, got {value!r}")
+    return path
+
+
+def _guidance(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("guidance must be a mapping (set it in a YAML job file)")
+    return dict(value)
+
+
+# Options with a shape of their own; the rest are plain typed values, written
+# as text on a prompt line or as YAML values in a job file.
+PARSERS = {"size": parse_size, "seed": _seed, "init": _init, "guidance": _guidance}
+
+
+def _say(p: Problem) -> str:
+    if p.kind == "unknown":
+        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
+        return f"unknown option {p.key!r}; {hint}valid: {', '.join(OPTIONS)}"
+    if p.kind == "choice":
+        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
+        return f"unknown {p.key} {p.value!r}; {hint}valid: {', '.join(p.choices)}"
+    if p.kind == "invalid":
+        return p.message
+    return f"{p.key} must be {p.expected}, got {p.value!r}"
 
 
 def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: dict[str, str],
              base_dir: Path | None = None) -> Job:
     """Apply options onto `base`, check them, return the Job (JobError on bad input)."""
     source, line = where
-    values: dict[str, Any] = {}
-    for key, value in opts.items():
-        if key not in OPTIONS:
-            raise JobError(f"{source}:{line}: {_unknown(key)}")
-        try:
-            values[key] = _coerce(key, value)
-        except ValueError as e:
-            raise JobError(f"{source}:{line}: {e}") from None
+    values, problems = convert(Job, opts, text=True, names=OPTIONS, parsers=PARSERS)
+    if problems:
+        raise JobError(f"{source}:{line}: {_say(problems[0])}")
     if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
         values["init"] = str(base_dir / values["init"])
     job = dataclasses.replace(base, **values, source=source, line=line)
@@ -165,10 +167,6 @@ def validate(job: Job, presets: dict[str, str]) -> None:
         raise ValueError(f"n must be >= 1, got {job.n}")
     if not 1 <= job.steps <= 1000:
         raise ValueError(f"steps must be in 1..1000, got {job.steps}")
-    if job.sampler not in SAMPLERS:
-        close = difflib.get_close_matches(job.sampler, list(SAMPLERS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown sampler {job.sampler!r}; {hint}valid: {', '.join(SAMPLERS)}")
     if job.eta < 0:
         raise ValueError(f"eta must be >= 0, got {job.eta}")
     if not 0 < job.strength <= 1:
@@ -216,8 +214,8 @@ def parse_prompts_text(text: str, source: str, base: Job, presets: dict[str, str
     return jobs, errors
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader; we read line numbers from the composed node tree."""
+class _LineLoader(yamlfile.Loader):
+    """The safe loader refusing duplicate keys; we read line numbers from the composed node tree."""
 
 
 def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, Any] | None = None,
@@ -239,7 +237,7 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
     lines = {k.value: k.start_mark.line + 1 for k, _ in root.value}
     for key in data:
         if key not in ("defaults", "presets", "jobs"):
-            close = difflib.get_close_matches(str(key), ["defaults", "presets", "jobs"], n=1)
+            close = close_matches(key, ["defaults", "presets", "jobs"])
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise JobError(f"{source}:{lines.get(key, 1)}: unknown key {key!r}; {hint}valid: defaults, presets, jobs")
     presets = data.get("presets") or {}

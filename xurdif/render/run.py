@@ -177,8 +177,8 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
             size = size or (mw, mh)
             folder = outputs.job_dir_name(job.index, job.prompt)
             outputs.safe_path(out_dir, folder)
-        except (JobError, ValueError) as e:
-            result.failures.append(str(e))
+        except (JobError, ValueError) as e:  # a JobError names file:line already; the rest need it
+            result.failures.append(str(e) if isinstance(e, JobError) else f"{job.where}: {e}")
             continue
         tasks += [Task(job, k, s, f"{folder}/{s}.png", size) for k, s in enumerate(job.seeds())]
     if overwrite:

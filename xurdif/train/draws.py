@@ -35,11 +35,14 @@ def augment_seeds(seed: int, positions: range) -> list[int]:
 
 def noise_and_timesteps(
     seed: int, positions: range, shape: tuple[int, ...], T: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample N(0,1) noise of `shape` and an integer timestep in [0, T)."""
-    eps, ts = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample N(0,1) noise of `shape`, an integer timestep in [0, T) and one more
+    N(0,1) number for continuous noise levels (drawn last, so the first two are
+    what they were before it existed)."""
+    eps, ts, levels = [], [], []
     for p in positions:
         g = torch.Generator().manual_seed(derive_seed(seed, "noise", p))
         ts.append(torch.randint(0, T, (1,), generator=g))
         eps.append(torch.randn(shape, generator=g))
-    return torch.stack(eps), torch.cat(ts)
+        levels.append(torch.randn(1, generator=g))
+    return torch.stack(eps), torch.cat(ts), torch.cat(levels)

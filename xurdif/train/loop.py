@@ -18,7 +18,7 @@ from ..diffusion import prediction as P
 from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
 from ..recipe import Recipe, recipe_hash
-from . import draws
+from . import augment, draws
 from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema
 from .lr import learning_rate
@@ -91,6 +91,7 @@ class Trainer:
         self.clock = Clock()
         self.stream = None
         self.kid = None  # KidMonitor, built on first use (main process only)
+        self.augment = augment.enabled(recipe.augment)
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -130,7 +131,8 @@ class Trainer:
         self.clock = Clock(step=s["step"], images_seen=s["images_seen"], nonfinite_total=s.get("nonfinite_total", 0))
 
     # ------------------------------------------------------------ one step
-    def micro_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def micro_batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Clean images, noise, noise level and augmentation labels of micro-batch k of this step."""
         start = self.clock.images_seen + (k * self.world + self.rank) * self.micro
         positions = range(start, start + self.micro)
         seed = self.r.train.seed
@@ -141,11 +143,27 @@ class Trainer:
                 skip = self.clock.images_seen // self.world
                 self.stream = iter(self.data.stream(self.micro, seed, skip_images=skip))
             x = next(self.stream)
-        eps, t = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
+        eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
+        dev = self.acc.device
+        x = x.to(dev)
+        labels = None
+        if self.augment:
+            labels = augment.draw_params(self.r.augment, seed, positions, x.shape[-1])
+            x = augment.apply(x, labels)  # on [-1, 1] data, before the value-range map
+            labels = labels.to(dev)
         lo, hi = self.meta.value_range
         x0 = (x + 1) / 2 * (hi - lo) + lo  # data is [-1, 1]; the model may use another range
-        dev = self.acc.device
-        return x0.to(dev), eps.to(dev), t.to(dev)
+        d = self.r.diffusion
+        if d.lognormal:
+            # EDM's log-normal σ, kept inside the schedule's range: ᾱ = 1/(1+σ²), and the
+            # network's time input is the schedule's (fractional) timestep of that σ.
+            lo_snr, hi_snr = self.schedule.log_snr_range()
+            log_snr = (-2 * (d.p_mean + d.p_std * level)).clamp(lo_snr, hi_snr).to(dev)
+            ab, t_in = torch.sigmoid(log_snr), self.schedule.continuous_t(log_snr)
+        else:
+            t_in = t.to(dev)
+            ab = self.schedule.ab(t_in)
+        return {"x0": x0, "eps": eps.to(dev), "ab": ab.view(-1, 1, 1, 1), "t": t_in, "aug": labels}
 
     def step(self) -> dict[str, float]:
         r, acc = self.r, self.acc
@@ -156,18 +174,19 @@ class Trainer:
         torch.manual_seed(draws.derive_seed(r.train.seed, "dropout", self.clock.images_seen, self.rank))
         sums: dict[str, float] = {}
         accum = r.train.grad_accum
+        pred = self.meta.prediction
         for k in range(accum):
-            x0, eps, t = self.micro_batch(k)
-            ab = self.schedule.ab(t).view(-1, 1, 1, 1)
+            b = self.micro_batch(k)
+            x0, eps, ab = b["x0"], b["eps"], b["ab"]
             x_t = P.add_noise(x0, eps, ab)
+            extra = {"aug": b["aug"]} if b["aug"] is not None else {}
             # DDP all-reduces gradients only on the last micro-batch.
             with contextlib.nullcontext() if k == accum - 1 else acc.no_sync(self.net):
                 with acc.autocast():
-                    out = self.net(x_t, t).float()
-                tgt = P.target(self.meta.prediction, x0, eps, ab)
-                x0_pred = P.to_x0(self.meta.prediction, out, x_t, ab)
-                total, terms = loss_terms(r.loss, out, tgt, x0_pred, x0, self.meta.prediction, ab.flatten(),
-                                          self.meta.value_range)
+                    out = self.net(P.net_input(pred, x_t, ab), b["t"], **extra).float()
+                tgt = P.target(pred, x0, eps, ab)
+                x0_pred = P.to_x0(pred, out, x_t, ab)
+                total, terms = loss_terms(r.loss, out, tgt, x0_pred, x0, pred, ab.flatten(), self.meta.value_range)
                 acc.backward(total / accum)
             for name, v in terms.items():
                 sums[name] = sums.get(name, 0.0) + v.item() / accum

@@ -12,6 +12,7 @@ from ..models import build_network
 from ..models.unet import unet_config
 from ..recipe import Recipe, TrainCfg, recipe_to_yaml
 from ..weights import ModelMeta, load_network
+from . import augment
 
 log = logging.getLogger("xurdif.train")
 
@@ -21,6 +22,7 @@ def recipe_net_config(recipe: Recipe) -> dict:
     return unet_config(
         m.preset, base_width=m.base_width, mults=m.mults, blocks_per_level=m.blocks_per_level,
         attn_levels=m.attn_levels, head_dim=m.head_dim, dropout=m.dropout or None,
+        aug_dim=augment.AUG_DIM if augment.enabled(recipe.augment) else None,
     )
 
 
@@ -30,6 +32,10 @@ def build_for_recipe(recipe: Recipe) -> tuple[torch.nn.Module, ModelMeta]:
         # A fine-tune keeps the starting model's network, schedule, prediction type
         # and value range: its weights only make sense with those.
         net, meta = load_network(recipe.model.init_from, weights="ema")
+        if augment.enabled(recipe.augment) and meta.net_config.get("aug_dim", 0) != augment.AUG_DIM:
+            raise ValueError(
+                f"augment.p: model.init_from {recipe.model.init_from} has no input for augmentation labels "
+                "(it was trained without augment); set augment.p: 0 to fine-tune it")
         d = recipe.diffusion
         if (d.schedule, d.timesteps, d.prediction) != (meta.schedule, meta.timesteps, meta.prediction):
             log.warning(

@@ -1,0 +1,89 @@
+"""Non-leaky augmentation: labels drawn per stream position, images changed as the
+labels say, the network sees the labels in training and zeros when sampling."""
+import math
+
+import pytest
+import torch
+
+from xurdif.recipe import AugmentCfg
+from xurdif.train import augment
+
+
+def test_params_are_a_function_of_seed_and_position():
+    cfg = AugmentCfg(p=0.5)
+    a = augment.draw_params(cfg, 7, range(10, 20), 32)
+    b = augment.draw_params(cfg, 7, range(15, 25), 32)
+    torch.testing.assert_close(a[5:], b[:5])
+    assert not torch.equal(a, augment.draw_params(cfg, 8, range(10, 20), 32))
+    assert a.shape == (10, augment.AUG_DIM)
+
+
+def test_probability_and_switches():
+    labels = augment.draw_params(AugmentCfg(p=0.3), 0, range(4000), 32)
+    xflip_rate = (labels[:, 0] > 0).float().mean().item()
+    assert xflip_rate == pytest.approx(0.3, abs=0.03)
+    assert (labels[:, 1] == 0).all()  # yflip off by default
+    none = augment.draw_params(AugmentCfg(p=0.0), 0, range(100), 32)
+    assert (none == 0).all()
+    only_rot = augment.draw_params(AugmentCfg(p=1.0, xflip=False, translate=0, scale=0, color=False), 0, range(50), 32)
+    assert (only_rot[:, [0, 1, 4, 5, 6, 7, 8, 9]] == 0).all() and (only_rot[:, 2:4].abs().sum(1) > 0).all()
+    # switching a kind off leaves the other kinds' draws as they were
+    full = augment.draw_params(AugmentCfg(p=1.0), 0, range(50), 32)
+    torch.testing.assert_close(only_rot[:, 2:4], full[:, 2:4])
+    assert not augment.enabled(AugmentCfg(p=0.0)) and augment.enabled(AugmentCfg(p=0.1))
+
+
+def _label(**kw):
+    row = torch.zeros(1, augment.AUG_DIM)
+    for k, v in kw.items():
+        row[0, augment.LABELS.index(k)] = v
+    return row
+
+
+def test_geometric_ops_are_exact_pixel_moves():
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(augment.apply(x, _label(xflip=1)), x.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment.apply(x, _label(yflip=1)), x.flip(-2), atol=1e-5, rtol=0)
+    rot = augment.apply(x, _label(rot_cos=-2.0, rot_sin=0.0))  # 180 degrees: cos - 1 = -2
+    torch.testing.assert_close(rot, x.flip(-1).flip(-2), atol=1e-5, rtol=0)
+    r90 = augment.apply(x, _label(rot_cos=-1.0, rot_sin=1.0))
+    assert any(torch.allclose(r90, torch.rot90(x, k, (-2, -1)), atol=1e-5) for k in (1, 3))
+    shifted = augment.apply(x, _label(tx=2 / 8))
+    torch.testing.assert_close(shifted[..., 2:], x[..., :-2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(augment.apply(x, torch.zeros(1, augment.AUG_DIM)), x)
+
+
+def test_scale_and_colour():
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    big = augment.apply(x, _label(log2_scale=1.0))  # zoom in 2x: the centre pixels spread out
+    assert (big[..., 4:12, 4:12] - big[..., 4:12, 4:12].mean()).abs().mean() < (x - x.mean()).abs().mean()
+    bright = augment.apply(x, _label(brightness=0.2))
+    assert bright.mean().item() == pytest.approx(x.mean().item() + 0.2, abs=1e-5)
+    low = augment.apply(x, _label(log2_contrast=-1.0))
+    assert low.std().item() == pytest.approx(x.std().item() / 2, rel=1e-4)
+    grey = augment.apply(x, _label(log2_saturation=-30.0))
+    assert (grey - grey.mean(1, keepdim=True)).abs().max() < 1e-4
+
+
+def test_network_gets_labels_in_training_and_zeros_when_sampling():
+    from xurdif.diffusion.denoiser import Denoiser
+    from xurdif.diffusion.samplers import sample
+    from xurdif.diffusion.schedule import make_schedule
+    from xurdif.models.unet import UNet
+
+    net = UNet(base_width=16, mults=[1, 2], aug_dim=augment.AUG_DIM)
+    for p in net.parameters():  # the zero-initialised output layers would hide any difference
+        torch.nn.init.normal_(p, std=0.2)
+    seen = []
+    net.aug_map.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
+    labels = augment.draw_params(AugmentCfg(p=1.0), 0, range(4), 8)
+    out_aug = net(torch.zeros(4, 3, 8, 8), torch.zeros(4), labels)
+    assert len(seen) == 1 and torch.equal(seen[0], labels)
+    # no labels is the same as zero labels (the map has no bias)
+    torch.testing.assert_close(net(torch.zeros(4, 3, 8, 8), torch.zeros(4)),
+                               net(torch.zeros(4, 3, 8, 8), torch.zeros(4), torch.zeros(4, augment.AUG_DIM)))
+    assert not torch.allclose(out_aug, net(torch.zeros(4, 3, 8, 8), torch.zeros(4)))
+    seen.clear()
+    den = Denoiser(net, make_schedule("cosine", 1000), "edm")
+    sample(den, (2, 3, 8, 8), "ddim", 3, generator=torch.Generator().manual_seed(0))
+    assert all((s == 0).all() for s in seen)  # never called, or called with zeros

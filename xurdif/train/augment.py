@@ -1,0 +1,103 @@
+"""Non-leaky augmentation (Karras et al. 2022, appendix; StyleGAN2-ADA).
+
+A few hundred images are too few for a diffusion model: it starts to reproduce
+them. Augmenting them multiplies the data, but a plain augmentation leaks: the
+model learns to draw rotated and recoloured images too. Here the parameters of
+each augmentation are given to the network as a label vector (zero = not
+augmented), and sampling passes zeros, so samples look like the unaugmented
+data while the network has learnt from all the variants.
+
+Parameters are drawn per sample from a generator seeded by (seed, stream
+position), like every other training draw, so a resumed run is the same run.
+The images are changed on the device, in one batched affine warp and a few
+elementwise colour operations.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import kornia
+import torch
+
+from ..recipe import AugmentCfg
+from . import draws
+
+# flip x, flip y, cos(rot) - 1, sin(rot), tx, ty (fractions of the size), log2 scale,
+# brightness, log2 contrast, log2 saturation
+LABELS = ("xflip", "yflip", "rot_cos", "rot_sin", "tx", "ty", "log2_scale", "brightness", "log2_contrast",
+          "log2_saturation")
+AUG_DIM = len(LABELS)
+
+
+def enabled(cfg: AugmentCfg) -> bool:
+    return cfg.p > 0 and any((cfg.xflip, cfg.yflip, cfg.rotate90, cfg.translate > 0, cfg.scale > 0, cfg.color))
+
+
+def draw_params(cfg: AugmentCfg, seed: int, positions: Sequence[int], size: int) -> torch.Tensor:
+    """[N, AUG_DIM] labels for the samples at these stream positions (CPU, float32).
+
+    Every kind draws its coin and value in a fixed order whether or not it is
+    enabled, so switching one kind off does not change the others' draws."""
+    rows = []
+    for p in positions:
+        g = torch.Generator().manual_seed(draws.derive_seed(seed, "nonleaky-augment", p))
+        u = torch.rand(12, generator=g)  # coins and uniform values
+        n = torch.randn(4, generator=g)  # normal values
+        on = [bool(u[i] < cfg.p) for i in range(6)]
+        row = [0.0] * AUG_DIM
+        if cfg.xflip and on[0]:
+            row[0] = 1.0
+        if cfg.yflip and on[1]:
+            row[1] = 1.0
+        if cfg.rotate90 and on[2]:
+            k = 1 + int(u[6] * 3)  # 90, 180 or 270 degrees
+            row[2], row[3] = round(math.cos(k * math.pi / 2)) - 1.0, float(round(math.sin(k * math.pi / 2)))
+        if cfg.translate > 0 and on[3]:
+            max_px = max(1, int(cfg.translate * size))
+            row[4] = round((u[7].item() * 2 - 1) * max_px) / size
+            row[5] = round((u[8].item() * 2 - 1) * max_px) / size
+        if cfg.scale > 0 and on[4]:
+            row[6] = float(n[0]) * cfg.scale
+        if cfg.color and on[5]:
+            row[7], row[8], row[9] = float(n[1]) * 0.2, float(n[2]) * 0.5, float(n[3]) * 1.0
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _matrices(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[N, 2, 3] pixel-space affine maps from source to augmented image."""
+    n = labels.shape[0]
+    sx = torch.where(labels[:, 0] > 0, -1.0, 1.0)
+    sy = torch.where(labels[:, 1] > 0, -1.0, 1.0)
+    cos, sin = labels[:, 2] + 1, labels[:, 3]
+    s = torch.exp2(labels[:, 6])
+    a = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], 1) * s.view(-1, 1, 1)
+    c = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=labels.device).expand(n, 2)
+    shift = torch.stack([labels[:, 4] * w, labels[:, 5] * h], -1)
+    t = c + shift - (a @ c.unsqueeze(-1)).squeeze(-1)
+    return torch.cat([a, t.unsqueeze(-1)], dim=2)
+
+
+def apply(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Augment a batch x [N, C, H, W] in [-1, 1] as its labels say (rows of zeros: unchanged).
+
+    `labels` stay on the CPU, where draw_params made them: which rows to warp is
+    decided there, without waiting for the device."""
+    labels = labels.float().cpu()
+    geometric = (labels[:, :7].abs().sum(1) > 0).nonzero().flatten()
+    if len(geometric):
+        h, w = x.shape[-2:]
+        mats = _matrices(labels[geometric], h, w).to(x.device, x.dtype)
+        idx = geometric.to(x.device, non_blocking=True)
+        warped = kornia.geometry.transform.warp_affine(
+            x[idx], mats, (h, w), mode="bilinear", padding_mode="reflection", align_corners=True)
+        x = x.index_copy(0, idx, warped)
+    if bool((labels[:, 7:].abs().sum(1) > 0).any()):
+        dev = labels[:, 7:].to(x.device, non_blocking=True)
+        b, c, s = (dev[:, i].view(-1, 1, 1, 1) for i in range(3))
+        luma = x.mean(1, keepdim=True)
+        x = luma + (x - luma) * torch.exp2(s)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = mean + (x - mean) * torch.exp2(c) + b
+    return x

@@ -100,7 +100,16 @@ def test_inductor_compiled_matches_eager():
     assert worst < 1e-4
 
 
-def test_no_host_sync_on_ordinary_steps(tmp_path):
+@pytest.mark.parametrize("losses", [
+    (),
+    pytest.param(("loss.l1=0.5", "loss.min_snr_gamma=5", "diffusion.prediction=v", "model.dropout=0.1"),
+                 id="l1-minsnr-v-dropout"),
+    # kornia's Sobel and pytorch_msssim's window build small kernels on the host and copy
+    # them to the device on every call: a blocking copy each.
+    pytest.param(("loss.edge_l1=0.5", "loss.ssim=0.2"), id="image-losses",
+                 marks=pytest.mark.xfail(reason="kornia/pytorch_msssim copy their kernels per call", strict=False)),
+])
+def test_no_host_sync_on_ordinary_steps(tmp_path, losses):
     """torch.cuda.set_sync_debug_mode("error") turns every host sync into an exception."""
     from accelerate.state import AcceleratorState
 
@@ -110,7 +119,7 @@ def test_no_host_sync_on_ordinary_steps(tmp_path):
 
     AcceleratorState._reset_state(True)
     recipe = load_recipe(RECIPE, [f"train.output_dir={tmp_path / 'run'}", "train.mixed_precision=bf16",
-                                  "log.every_steps=1000", "train.steps=1000", "train.grad_accum=2", *FAST])
+                                  "log.every_steps=1000", "train.steps=1000", "train.grad_accum=2", *FAST, *losses])
     acc = make_accelerator(recipe)
     trainer = Trainer(recipe, acc, RunOutputs(recipe, recipe.run_dir, True))
     for _ in range(2):  # first steps: lazy initialisation, optimizer state, cudnn autotuning

@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="launch.py",
         description="Train a diffusion model from a YAML recipe. Run it with `accelerate launch launch.py RECIPE` "
-        "(or plain `python launch.py RECIPE` for one process).",
+        "(or plain `python launch.py RECIPE` for one process). SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop it "
+        "cleanly: it saves a checkpoint within one log interval (log.every_steps) and exits; the same command "
+        "resumes.",
         epilog="Recipe keys (section.key = default):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -23,6 +23,8 @@ from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema_if
 from .lr import learning_rate
 from .monitor import KidMonitor
+from ..data.augment import to_model_range
+from .feed import Layout, open_feed
 from .network import build_for_recipe, compile_network, configure_backends, speed_layout
 from .outputs import RunOutputs
 from .signals import StopRequest
@@ -107,6 +109,9 @@ class Trainer:
         self._nf_checked_at = 0
         self._reset_nonfinite()
         self.stream = None
+        self.feed = None  # the indexable sources' DataLoader iterator (xurdif/train/feed.py)
+        self.layout = Layout(recipe.train.seed, self.micro, self.world, self.rank, recipe.train.grad_accum,
+                             self.schedule.T)
         self.kid = None  # KidMonitor, built on first use (main process only)
         self.augment = augment.enabled(recipe.augment)
 
@@ -187,13 +192,20 @@ class Trainer:
         positions = range(start, start + self.micro)
         seed = self.r.train.seed
         if self.data.indexable:
-            x = self.data.get(draws.data_indices(seed, positions, len(self.data)), draws.augment_seeds(seed, positions))
+            # Workers (data.num_workers) decode, crop and draw ahead; uint8 images in pinned memory.
+            item = next(self.feed) if self.feed is not None else None
+            if item is None or item["start"] != start:  # first use, or out of order: start the loader here
+                self.feed = open_feed(self.data, self.layout, self.layout.index_at(self.clock.images_seen, k),
+                                      self.r.data.num_workers, self.acc.device.type == "cuda")
+                item = next(self.feed)
+            x = to_model_range(self.to_device(item["x"]))  # float on the device
+            eps, t, level = item["eps"], item["t"], item["level"]
         else:
             if self.stream is None:
                 skip = self.clock.images_seen // self.world
                 self.stream = iter(self.data.stream(self.micro, seed, skip_images=skip))
             x = next(self.stream)
-        eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
+            eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
         d = self.r.diffusion
         # Noise levels from the schedule's table on the host, like every other draw: the
         # device only receives the per-sample numbers (no table copies, no reads back).
@@ -205,7 +217,7 @@ class Trainer:
             ab, t_in = torch.sigmoid(log_snr), self.schedule.continuous_t(log_snr)
         else:
             t_in, ab = t, self.schedule.ab(t)
-        x, eps, ab, t_in = (self.to_device(v) for v in (x, eps, ab, t_in))
+        x, eps, ab, t_in = (self.to_device(v) for v in (x, eps, ab, t_in))  # x: already there if indexable
         labels = None
         if self.augment:
             labels = augment.draw_params(self.r.augment, seed, positions, x.shape[-1])
@@ -218,8 +230,10 @@ class Trainer:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Host to device without waiting: a copy from pinned memory returns at once."""
         dev = self.acc.device
+        if x.device == dev:
+            return x
         if dev.type == "cuda":
-            return x.pin_memory().to(dev, non_blocking=True)
+            return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
         return x.to(dev)
 
     def step(self) -> dict[str, float]:

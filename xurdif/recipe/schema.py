@@ -32,7 +32,7 @@ class DataCfg:
     shuffle_buffer: int = opt(1000, min=0, doc="source: shards — shuffle buffer size")
     allow_pipe: bool = opt(False, doc="source: shards — allow pipe: URLs (runs a shell command)")
     allow_pickle: bool = opt(False, doc="source: shards — allow pickled members (can run code)")
-    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (streamed sources)")
+    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (every source)")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,9 @@ class MicroBatches(Dataset):
 
 def open_feed(data, layout: Layout, first: int, num_workers: int, pin: bool):
     """An iterator over micro-batches first, first + 1, ... of this rank."""
+    # A generator of its own: an iterator otherwise draws its base seed from the global RNG,
+    # which the trainer reseeds for dropout, so a resumed run's dropout would shift.
     loader = DataLoader(MicroBatches(data, layout), batch_size=None, sampler=itertools.count(first),
                         num_workers=num_workers, pin_memory=pin, prefetch_factor=4 if num_workers else None,
-                        persistent_workers=False)
+                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
     return iter(loader)

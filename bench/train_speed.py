@@ -1,4 +1,6 @@
-"""Training speed on CPU: our "small" U-Net beside a diffusers UNet2DModel of similar cost.
+"""Training speed: on CPU our "small" U-Net beside a diffusers UNet2DModel of similar cost;
+with --device cuda (or --trainer) the real Trainer step per preset and size (see
+bench/trainer_speed.py for what that table measures).
 
 Both networks are trained by the same minimal diffusion step (sample t, add noise,
 forward, MSE on eps, backward, AdamW). The machine is shared, so the two models are
@@ -32,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xurdif.diffusion.prediction import add_noise  # noqa: E402
 from xurdif.diffusion.schedule import make_schedule  # noqa: E402
 from xurdif.models.unet import UNet, unet_config  # noqa: E402
+
+import trainer_speed  # noqa: E402  (bench/, next to this file)
 
 
 class Peer(nn.Module):
@@ -143,9 +147,12 @@ def build_models(preset: str, formats: list[str], reference: bool) -> dict[str, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=3, help="training steps per model per round")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per model per round (default 3); timed steps per row with --trainer or "
+                   "--device cuda (default 10)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch (CPU comparison: 16; trainer table: by size, {trainer_speed.DEFAULT_BATCH})")
+    p.add_argument("--size", type=int, default=64)  # the CPU comparison; the trainer table uses --sizes
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", default="small")
     p.add_argument("--formats", nargs="+", default=["nchw"], choices=["nchw", "channels_last"])
@@ -153,7 +160,18 @@ def main() -> None:
                    help="cpu: images per CPU-second of this process; with --threads 1 it is "
                         "nearly blind to other processes, so it ranks designs on a busy machine")
     p.add_argument("--no-reference", action="store_true", help="skip xurdif's legacy network")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the real Trainer step per preset, size and mode (bench/trainer_speed.py)")
+    p.add_argument("--trainer", action="store_true", help="on CPU too: the real Trainer step table")
+    trainer_speed.add_arguments(p)
     args = p.parse_args()
+    if args.device == "cuda" or args.trainer:
+        if args.device == "cpu":
+            torch.set_num_threads(args.threads)
+        args.steps = args.steps or 10
+        trainer_speed.run_table(args)
+        return
+    args.steps, args.batch = args.steps or 3, args.batch or 16
     torch.set_num_threads(args.threads)
 
     models = build_models(args.preset, args.formats, not args.no_reference)

@@ -137,3 +137,21 @@ def test_unsafe_recipe_change_on_resume_is_refused(tmp_path):
     res = subprocess.run(cmd(out, "train.steps=8", "train.batch_size=4"), cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 1 and "global batch of 8" in res.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_with_loader_workers_then_resume_is_bitwise_identical(tmp_path, reference):
+    # The reference ran with data.num_workers 0; two workers load the same micro-batches.
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cmd(out, "data.num_workers=2"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-0000008").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "checkpoints" / "step-0000016").exists()
+    res = run(out, "data.num_workers=2")
+    assert "resumed from" in res.stderr
+    assert_identical(weights(out), reference)

@@ -172,3 +172,50 @@ def test_cpu_presets_cost(preset, low, high):
     with FlopCounterMode(display=False) as counter:
         net(x, t)
     assert low <= counter.get_total_flops() / 1e9 <= high
+
+
+def channels_first_attention(att, x: torch.Tensor) -> torch.Tensor:
+    """The formulation before fused attention (q, k, v strided by h*w): the reference."""
+    n, c, h, w = x.shape
+    qkv = att.qkv(att.norm(x)).reshape(n, 3, att.heads, c // att.heads, h * w)
+    q, k, v = qkv.transpose(-1, -2).unbind(1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return x + att.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_attention_feeds_sdpa_contiguous_heads_and_matches_reference(monkeypatch, layout):
+    from xurdif.models.unet import Attention
+
+    torch.manual_seed(0)
+    att = Attention(64, head_dim=16, groups=8)
+    with torch.no_grad():
+        att.proj.weight.normal_(0, 0.2)
+        att.proj.bias.normal_(0, 0.2)
+    x = torch.randn(2, 64, 6, 10)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.shape, q.stride(-1), k.stride(-1), v.stride(-1)))
+        return real(q, k, v, *args, **kwargs)
+
+    with torch.no_grad():
+        expected = channels_first_attention(att, x)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        out = att(x)
+    # Only the module's call was spied: [n, heads, tokens, head_dim], unit stride.
+    assert seen == [(torch.Size([2, 4, 60, 16]), 1, 1, 1)]
+    assert (out - expected).abs().max().item() < 1e-5
+    assert (out - x).abs().max().item() > 0.1  # the attention path really contributed
+
+
+def test_attention_parameter_names_and_shapes_unchanged():
+    # Model files store these keys: the fused formulation must keep them.
+    from xurdif.models.unet import Attention
+
+    shapes = {k: tuple(v.shape) for k, v in Attention(64, head_dim=16, groups=8).state_dict().items()}
+    assert shapes == {"norm.weight": (64,), "norm.bias": (64,), "qkv.weight": (192, 64, 1, 1),
+                      "qkv.bias": (192,), "proj.weight": (64, 64, 1, 1), "proj.bias": (64,)}

@@ -102,7 +102,8 @@ def describe_type(t: Any, metadata: typing.Mapping | None = None) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
     if _is_union(t):
         args = [a for a in typing.get_args(t) if a is not type(None)]
-        return " or ".join(describe_type(a) for a in args) + " or null"
+        null = " or null" if type(None) in typing.get_args(t) else ""
+        return " or ".join(describe_type(a) for a in args) + null
     if origin in (list, tuple):
         return f"a list of {describe_type(typing.get_args(t)[0])}"
     if t is dict or origin is dict:

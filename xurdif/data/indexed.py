@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from xurdif.data.augment import augment_batch
+from xurdif.data.augment import augment_batch, crop_flip
 from xurdif.data.images import BadImage, DataError, ImageSource, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
 
@@ -108,6 +108,13 @@ class IndexedImages:
         """float32 [N, 3, S, S] in [-1, 1]; sample i augmented by a generator seeded with seeds[i] alone."""
         images = [self.image(int(i)) for i in indices]
         return augment_batch(images, seeds, self.cfg.size, self.cfg.crop, self.cfg.hflip)
+
+    def get_uint8(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
+        """get() before the float conversion: uint8 [N, 3, S, S] (to_model_range maps it)."""
+        if len(indices) != len(seeds):
+            raise ValueError(f"get(): {len(indices)} indices but {len(seeds)} seeds")
+        c = self.cfg
+        return torch.stack([crop_flip(self.image(int(i)), c.size, c.crop, c.hflip, s) for i, s in zip(indices, seeds)])
 
     def cache_bytes(self) -> int:
         return sum(t.numel() for t in self._cache) if self._cache is not None else 0

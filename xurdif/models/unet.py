@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 PRESETS: dict[str, dict] = {
     # CPU sizes fold 2x2 pixels into channels first (patch_size 2): convs with many
@@ -89,10 +90,24 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [n, heads, tokens, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        # Tokens-major throughout: the 1x1 convs run as matmuls on [n, h*w, c], so q, k
+        # and v reach the kernel with head_dim contiguous (stride 1), which the flash and
+        # memory-efficient kernels require; a channels-first layout (stride h*w) would
+        # fall back to the kernel that materialises every (h*w)^2 score.
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [n, hw, c]
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = qkv.view(n, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [n, heads, hw, head_dim]
+        out = F.linear(out.transpose(1, 2).reshape(n, h * w, c), self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+def _block_attn(blk: ResBlock, att: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    return att(blk(x, emb))
+
+
+def _mid(net: "UNet", x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    return net.mid2(net.mid_attn(net.mid1(x, emb)), emb)
 
 
 class UNet(nn.Module):
@@ -141,6 +156,10 @@ class UNet(nn.Module):
             return Attention(ch, head_dim, norm_groups) if level in self.attn_levels else nn.Identity()
 
         self.down, self.down_attn = nn.ModuleList(), nn.ModuleList()
+        # The U-Net level of every down, mid and up block (for activation checkpointing).
+        self.down_levels = [i for i in range(levels) for _ in range(blocks_per_level)]
+        self.up_levels = [i for i in reversed(range(levels)) for _ in range(blocks_per_level)]
+        self.checkpoint_levels: frozenset[int] = frozenset()
         skips, ch = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(blocks_per_level):
@@ -163,6 +182,24 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.blocks_per_level = blocks_per_level
 
+    def set_checkpointing(self, levels: bool | Sequence[int]) -> None:
+        """Recompute the activations of these levels' blocks in the backward pass instead
+        of storing them (True: every level, False: none). Not part of the model's config:
+        it changes memory and time, never the result."""
+        if isinstance(levels, bool):
+            levels = range(self.levels) if levels else []
+        bad = [i for i in levels if not 0 <= i < self.levels]
+        if bad:
+            raise ValueError(f"activation checkpointing levels {bad} out of range: this U-Net has "
+                             f"levels 0..{self.levels - 1}")
+        self.checkpoint_levels = frozenset(levels)
+
+    def _run(self, level: int, fn, *args: torch.Tensor) -> torch.Tensor:
+        if level in self.checkpoint_levels and self.training and torch.is_grad_enabled():
+            # Non-reentrant: works with torch.compile and restores the dropout RNG state.
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         # Any size works: pad up to a multiple of the total downsampling, crop back.
@@ -177,13 +214,13 @@ class UNet(nn.Module):
         hs, b = [], self.blocks_per_level
         x = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         for j, (blk, att) in enumerate(zip(self.down, self.down_attn)):
-            x = att(blk(x, emb))
+            x = self._run(self.down_levels[j], _block_attn, blk, att, x, emb)
             hs.append(x)
             if j % b == b - 1 and j // b < self.levels - 1:
                 x = F.avg_pool2d(x, 2)
-        x = self.mid2(self.mid_attn(self.mid1(x, emb)), emb)
+        x = self._run(self.levels - 1, _mid, self, x, emb)
         for j, (blk, att) in enumerate(zip(self.up, self.up_attn)):
-            x = att(blk(torch.cat([x, hs.pop()], dim=1), emb))
+            x = self._run(self.up_levels[j], _block_attn, blk, att, torch.cat([x, hs.pop()], dim=1), emb)
             if j % b == b - 1 and j // b < self.levels - 1:
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.out(F.silu(self.out_norm(x)))

@@ -32,7 +32,7 @@ class DataCfg:
     shuffle_buffer: int = opt(1000, min=0, doc="source: shards — shuffle buffer size")
     allow_pipe: bool = opt(False, doc="source: shards — allow pipe: URLs (runs a shell command)")
     allow_pickle: bool = opt(False, doc="source: shards — allow pickled members (can run code)")
-    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (streamed sources)")
+    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (every source)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,14 @@ class TrainCfg:
     seed: int = opt(0, min=0, doc="every random draw derives from (seed, images seen)")
     output_dir: str = opt("", doc="run folder (default runs/<recipe name>)")
     max_nonfinite: int = opt(20, min=1, doc="stop after this many non-finite steps in a row")
+    compile: bool = opt(False, doc="torch.compile the network (the first steps wait for the compiler)")
+    channels_last: bool = opt(False, doc="NHWC activations and weights (faster convolutions on GPU)")
+    activation_checkpointing: bool | list[int] = opt(
+        False, doc="recompute these U-Net levels' activations in backward (true = all, or e.g. [0, 1]): "
+        "less memory, ~30 % more compute")
+    tf32: bool = opt(True, doc="CUDA: TF32 for fp32 matmuls and convolutions")
+    deterministic: bool = opt(False, doc="CUDA: deterministic kernels, cudnn.benchmark off (bitwise-repeatable "
+                              "runs; slower)")
 
 
 @dataclass(frozen=True)

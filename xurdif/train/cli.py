@@ -23,6 +23,8 @@ SAFE_TO_CHANGE = (
     "train.output_dir", "optim.lr", "optim.warmup_images", "optim.lr_schedule", "optim.min_lr_ratio",
     "data.num_workers", "log.", "samples.", "checkpoint.", "train.time", "train.time_probe_steps",
     "eval.memorised_max", "eval.stop_on_memorised", "ema.snapshot_every_images", "ema.snapshot_dtype",
+    # Speed switches: they change how the same computation runs, not what it means.
+    "train.compile", "train.channels_last", "train.activation_checkpointing", "train.tf32", "train.deterministic",
 )
 
 
@@ -30,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="launch.py",
         description="Train a diffusion model from a YAML recipe. Run it with `accelerate launch launch.py RECIPE` "
-        "(or plain `python launch.py RECIPE` for one process).",
+        "(or plain `python launch.py RECIPE` for one process). SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop it "
+        "cleanly: it saves a checkpoint within one log interval (log.every_steps) and exits; the same command "
+        "resumes.",
         epilog="Recipe keys (section.key = default):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

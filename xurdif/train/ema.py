@@ -42,3 +42,16 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
     n = list(net.parameters()) + list(net.buffers())
     floats = [(a, b) for a, b in zip(e, n) if a.dtype.is_floating_point]
     torch._foreach_lerp_([a for a, _ in floats], [b.detach().float() for _, b in floats], 1 - decay)
+
+
+@torch.no_grad()
+def update_ema_if(ema: torch.nn.Module, net: torch.nn.Module, decay: float, finite: torch.Tensor) -> None:
+    """update_ema where the 0-dim bool tensor `finite` holds, else nothing; decided on the
+    device, so the host never waits for the flag."""
+    e = list(ema.parameters()) + list(ema.buffers())
+    n = list(net.parameters()) + list(net.buffers())
+    floats = [(a, b) for a, b in zip(e, n) if a.dtype.is_floating_point]
+    weight = torch.where(finite, 1.0 - decay, 0.0).to(torch.float32)
+    deltas = torch._foreach_sub([b.detach().float() for _, b in floats], [a for a, _ in floats])
+    torch._foreach_mul_(deltas, weight)
+    torch._foreach_add_([a for a, _ in floats], deltas)

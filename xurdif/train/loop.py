@@ -21,10 +21,12 @@ from ..recipe import Recipe, recipe_hash, recipe_to_yaml
 from ..recipe.duration import parse_duration
 from . import augment, draws
 from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
-from .ema import ema_decay, make_ema, update_ema
+from .ema import ema_decay, make_ema, update_ema_if
 from .lr import learning_rate
 from .monitor import KidMonitor
-from .network import build_for_recipe
+from ..data.augment import to_model_range
+from .feed import Layout, open_feed
+from .network import build_for_recipe, compile_network, configure_backends, speed_layout
 from .outputs import RunOutputs
 from .posthoc import PosthocEmas, drop_snapshots_after
 from .signals import StopRequest
@@ -74,6 +76,17 @@ def check_same_shape(ours: dict, theirs: dict, path: Path) -> None:
                          f"mismatching keys ({len(bad)}): {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}")
 
 
+def window_means(window: list[dict], acc: Accelerator) -> dict[str, float]:
+    """Means of the step statistics since the last log step: one read from the device."""
+    keys = list(window[-1])
+    dev = acc.device
+    vals = torch.stack([torch.stack([torch.as_tensor(s[k], dtype=torch.float32, device=dev) for s in window]).mean()
+                        for k in keys])
+    i = keys.index("total")
+    vals[i] = acc.reduce(vals[i], "mean")  # the loss over all processes
+    return dict(zip(keys, vals.tolist()))
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, accelerator: Accelerator, outputs: RunOutputs):
         self.born = time.perf_counter()  # a time budget counts from here: data loading is part of the run
@@ -84,10 +97,13 @@ class Trainer:
         self.data = open_dataset(recipe.data, self.rank, self.world)
         torch.manual_seed(draws.derive_seed(recipe.train.seed, "init"))  # same initial weights on every rank and run
         net, self.meta = build_for_recipe(recipe)
+        configure_backends(recipe.train, accelerator.device)
+        net = speed_layout(net, recipe.train)
         self.schedule = make_schedule(self.meta.schedule, self.meta.timesteps)
         self.ema = make_ema(net).to(accelerator.device)
         self.posthoc = (PosthocEmas(net, recipe.ema.posthoc_stds, accelerator.device)
                         if recipe.ema.posthoc_stds else None)
+        net = compile_network(net, recipe.train)  # after the EMA copies: the EMAs run eager
         # Fused AdamW: one kernel for all parameters; on CPU it cut the step from 50 to 10 ms (bench).
         fused = accelerator.device.type in ("cuda", "cpu")
         o = recipe.optim
@@ -95,6 +111,10 @@ class Trainer:
             net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=fused
         )
         self.net, self.opt = accelerator.prepare(net, opt)
+        # Fused AdamW skips a step on the device when its found_inf tensor is 1 (as GradScaler
+        # uses it): a non-finite step is skipped without the host reading the gradient norm.
+        self.skip_on_device = fused and recipe.train.mixed_precision != "fp16"
+        self._opt_inner = opt
         self.micro = recipe.train.batch_size
         self.global_batch = self.micro * self.world * recipe.train.grad_accum
         self.total = total_images(recipe, self.global_batch)
@@ -103,9 +123,44 @@ class Trainer:
         self.best_kid: float | None = None
         self.memorised_warned = False
         self.clock = Clock()
+        self._nf_checked_at = 0
+        self._reset_nonfinite()
         self.stream = None
+        self.feed = None  # the indexable sources' DataLoader iterator (xurdif/train/feed.py)
+        self.layout = Layout(recipe.train.seed, self.micro, self.world, self.rank, recipe.train.grad_accum,
+                             self.schedule.T)
         self.kid = None  # KidMonitor, built on first use (main process only)
         self.augment = augment.enabled(recipe.augment)
+
+    # ------------------------------------------------------------ non-finite steps
+    def _reset_nonfinite(self) -> None:
+        # Device-side counters: in a row, total, and the step at which the streak first
+        # reached train.max_nonfinite (0: not yet). Read only by check_nonfinite.
+        c, dev = self.clock, self.acc.device
+        self._nf = torch.tensor([c.nonfinite_in_row, c.nonfinite_total, 0], dtype=torch.int64, device=dev)
+        self._nf_seen = c.nonfinite_total
+
+    def _count_nonfinite(self, finite: torch.Tensor) -> None:
+        bad = (~finite).long()
+        in_row = (self._nf[0] + 1) * bad
+        hit = torch.where((self._nf[2] == 0) & (in_row >= self.r.train.max_nonfinite), self.clock.step, self._nf[2])
+        self._nf = torch.stack([in_row, self._nf[1] + bad, hit])
+
+    def check_nonfinite(self) -> None:
+        """Read the device counters (a host sync: at log steps and saves only) and stop
+        when train.max_nonfinite non-finite steps came in a row."""
+        in_row, total, hit = self._nf.tolist()
+        self.clock.nonfinite_in_row, self.clock.nonfinite_total = in_row, total
+        if total > self._nf_seen:
+            log.warning("step %d: %d non-finite loss or gradient step(s) skipped since step %d",
+                        self.clock.step, total - self._nf_seen, self._nf_checked_at)
+        self._nf_seen, self._nf_checked_at = total, self.clock.step
+        if hit:
+            raise NonFiniteError(
+                f"{self.r.train.max_nonfinite} non-finite steps in a row at step {hit}; "
+                f"stopping. Lower optim.lr or use mixed_precision: bf16. The last good checkpoint is in "
+                f"{self.out.run_dir / 'checkpoints'}"
+            )
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -125,6 +180,7 @@ class Trainer:
     def save(self) -> Path:
         """All ranks call this; rank 0 writes, then everyone waits (no deadlock)."""
         path = None
+        self.check_nonfinite()  # the state saved counts every skipped step; no save mid-streak
         if self.acc.is_main_process:
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
             model, ema = self.acc.unwrap_model(self.net).state_dict(), self.ema.state_dict()
@@ -185,6 +241,8 @@ class Trainer:
             else:
                 log.info("train.time changed since the length was fixed (%ss -> %ss): measuring the speed again",
                          s.get("time_budget_s"), self.budget_s)
+        self._nf_checked_at = self.clock.step
+        self._reset_nonfinite()
 
     # ------------------------------------------------------------ one step
     def micro_batch(self, k: int) -> dict[str, torch.Tensor]:
@@ -193,33 +251,49 @@ class Trainer:
         positions = range(start, start + self.micro)
         seed = self.r.train.seed
         if self.data.indexable:
-            x = self.data.get(draws.data_indices(seed, positions, len(self.data)), draws.augment_seeds(seed, positions))
+            # Workers (data.num_workers) decode, crop and draw ahead; uint8 images in pinned memory.
+            item = next(self.feed) if self.feed is not None else None
+            if item is None or item["start"] != start:  # first use, or out of order: start the loader here
+                self.feed = open_feed(self.data, self.layout, self.layout.index_at(self.clock.images_seen, k),
+                                      self.r.data.num_workers, self.acc.device.type == "cuda")
+                item = next(self.feed)
+            x = to_model_range(self.to_device(item["x"]))  # float on the device
+            eps, t, level = item["eps"], item["t"], item["level"]
         else:
             if self.stream is None:
                 skip = self.clock.images_seen // self.world
                 self.stream = iter(self.data.stream(self.micro, seed, skip_images=skip))
             x = next(self.stream)
-        eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
-        dev = self.acc.device
-        x = x.to(dev)
-        labels = None
-        if self.augment:
-            labels = augment.draw_params(self.r.augment, seed, positions, x.shape[-1])
-            x = augment.apply(x, labels)  # on [-1, 1] data, before the value-range map
-            labels = labels.to(dev)
-        lo, hi = self.meta.value_range
-        x0 = (x + 1) / 2 * (hi - lo) + lo  # data is [-1, 1]; the model may use another range
+            eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
         d = self.r.diffusion
+        # Noise levels from the schedule's table on the host, like every other draw: the
+        # device only receives the per-sample numbers (no table copies, no reads back).
         if d.lognormal:
             # EDM's log-normal σ, kept inside the schedule's range: ᾱ = 1/(1+σ²), and the
             # network's time input is the schedule's (fractional) timestep of that σ.
             lo_snr, hi_snr = self.schedule.log_snr_range()
-            log_snr = (-2 * (d.p_mean + d.p_std * level)).clamp(lo_snr, hi_snr).to(dev)
+            log_snr = (-2 * (d.p_mean + d.p_std * level)).clamp(lo_snr, hi_snr)
             ab, t_in = torch.sigmoid(log_snr), self.schedule.continuous_t(log_snr)
         else:
-            t_in = t.to(dev)
-            ab = self.schedule.ab(t_in)
-        return {"x0": x0, "eps": eps.to(dev), "ab": ab.view(-1, 1, 1, 1), "t": t_in, "aug": labels}
+            t_in, ab = t, self.schedule.ab(t)
+        x, eps, ab, t_in = (self.to_device(v) for v in (x, eps, ab, t_in))  # x: already there if indexable
+        labels = None
+        if self.augment:
+            labels = augment.draw_params(self.r.augment, seed, positions, x.shape[-1])
+            x = augment.apply(x, labels)  # on [-1, 1] data, before the value-range map
+            labels = self.to_device(labels)
+        lo, hi = self.meta.value_range
+        x0 = (x + 1) / 2 * (hi - lo) + lo  # data is [-1, 1]; the model may use another range
+        return {"x0": x0, "eps": eps, "ab": ab.view(-1, 1, 1, 1), "t": t_in, "aug": labels}
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Host to device without waiting: a copy from pinned memory returns at once."""
+        dev = self.acc.device
+        if x.device == dev:
+            return x
+        if dev.type == "cuda":
+            return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
+        return x.to(dev)
 
     def step(self) -> dict[str, float]:
         r, acc = self.r, self.acc
@@ -228,7 +302,7 @@ class Trainer:
             group["lr"] = lr
         # Dropout draws from the global RNG: reseed it from the clock too.
         torch.manual_seed(draws.derive_seed(r.train.seed, "dropout", self.clock.images_seen, self.rank))
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: read at log steps only
         accum = r.train.grad_accum
         pred = self.meta.prediction
         for k in range(accum):
@@ -245,41 +319,33 @@ class Trainer:
                 total, terms = loss_terms(r.loss, out, tgt, x0_pred, x0, pred, ab.flatten(), self.meta.value_range)
                 acc.backward(total / accum)
             for name, v in terms.items():
-                sums[name] = sums.get(name, 0.0) + v.item() / accum
-            sums["total"] = sums.get("total", 0.0) + total.item() / accum
+                sums[name] = sums.get(name, 0.0) + v.detach() / accum
+            sums["total"] = sums.get("total", 0.0) + total.detach() / accum
         max_norm = r.optim.grad_clip if r.optim.grad_clip > 0 else float("inf")
         norm = acc.clip_grad_norm_(self.net.parameters(), max_norm)
-        norm = float(norm)
-        finite = math.isfinite(norm)  # identical on every rank: gradients are all-reduced
-        if finite or r.train.mixed_precision == "fp16":  # fp16: the grad scaler skips inf steps itself
+        finite = torch.isfinite(norm)  # identical on every rank: gradients are all-reduced
+        if self.skip_on_device:
+            self._opt_inner.found_inf = (~finite).float()
+            self.opt.step()
+        elif r.train.mixed_precision == "fp16" or bool(finite):  # fp16: the grad scaler skips inf steps itself
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         before = self.clock.images_seen
         self.clock.images_seen += self.global_batch
         self.clock.step += 1
-        if finite:
-            self.clock.nonfinite_in_row = 0
-            decay = ema_decay(r.ema, self.clock.step, before, self.clock.images_seen)
-            self.update_emas(decay, before)
-        else:
-            self.clock.nonfinite_in_row += 1
-            self.clock.nonfinite_total += 1
-            decay = float("nan")
-            log.warning("step %d: non-finite loss or gradient, step skipped", self.clock.step)
-            if self.clock.nonfinite_in_row >= r.train.max_nonfinite:
-                raise NonFiniteError(
-                    f"{self.clock.nonfinite_in_row} non-finite steps in a row at step {self.clock.step}; "
-                    f"stopping. Lower optim.lr or use mixed_precision: bf16. The last good checkpoint is in "
-                    f"{self.out.run_dir / 'checkpoints'}"
-                )
-        sums.update(lr=lr, grad_norm=norm, ema_decay=decay)
+        decay = ema_decay(r.ema, self.clock.step, before, self.clock.images_seen)
+        # A skipped step leaves the EMAs as they are: decay 1 where the step was not finite.
+        self.update_emas(decay, before, finite)
+        self._count_nonfinite(finite)
+        # ema_decay is NaN for skipped steps in the logs, as the weights did not move.
+        sums.update(lr=lr, grad_norm=norm.detach(), ema_decay=torch.where(finite, decay, float("nan")))
         return sums
 
-    def update_emas(self, decay: float, images_before: int) -> None:
+    def update_emas(self, decay: float, images_before: int, finite: torch.Tensor) -> None:
         net = self.acc.unwrap_model(self.net)
-        update_ema(self.ema, net, decay)
+        update_ema_if(self.ema, net, decay, finite)
         if self.posthoc:
-            self.posthoc.update(net, images_before, self.clock.images_seen)
+            self.posthoc.update(net, images_before, self.clock.images_seen, finite)
 
     def snapshot(self) -> None:
         """Post-hoc EMA history for xurdif-ema (main process only)."""
@@ -375,10 +441,11 @@ class Trainer:
                 every = r.ema.snapshot_every_images
                 if self.clock.images_seen // every > (self.clock.images_seen - self.global_batch) // every:
                     self.snapshot()
-            if step % r.log.every_steps == 0 or step == total_steps:
+            log_step = step % r.log.every_steps == 0 or step == total_steps
+            if log_step:  # the only host syncs of ordinary training
+                self.check_nonfinite()
                 ips = (self.clock.images_seen - img0) / max(1e-9, time.perf_counter() - t0)
-                means = {k: sum(s[k] for s in window) / len(window) for k in window[-1]}
-                means["total"] = float(acc.reduce(torch.tensor(means["total"], device=acc.device), "mean"))
+                means = window_means(window, acc)
                 means["images_per_sec"] = ips
                 means["nonfinite_skips"] = self.clock.nonfinite_total
                 means["time_left_s"] = (total_steps - step) * self.global_batch / max(ips, 1e-9)
@@ -401,7 +468,9 @@ class Trainer:
             if step % r.checkpoint.every_steps == 0 and step < total_steps:
                 self.save()
                 saved_at = step
-            if stop.requested(acc) or memorising:
+            # Polled at log steps (with several processes it is a collective): a stop
+            # request saves within one log interval.
+            if ((log_step or self.world == 1) and stop.requested(acc)) or memorising:
                 # Just saved at this step (on schedule): nothing new to write.
                 path = self.save() if saved_at != step else checkpoint_dir(self.out.run_dir, step)
                 if memorising and acc.is_main_process:

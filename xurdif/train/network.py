@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 import torch
 
 from ..models import build_network
 from ..models.unet import unet_config
-from ..recipe import Recipe, recipe_to_yaml
+from ..recipe import Recipe, TrainCfg, recipe_to_yaml
 from ..weights import ModelMeta, load_network
 from . import augment
 
@@ -55,3 +56,48 @@ def build_for_recipe(recipe: Recipe) -> tuple[torch.nn.Module, ModelMeta]:
 
 def parameter_count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def configure_backends(cfg: TrainCfg, device: torch.device) -> None:
+    """Process-wide CUDA kernel choices; called once when a Trainer starts."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    # benchmark tries several convolution algorithms per shape and keeps the fastest:
+    # the choice (and so the last bits of the result) can differ between runs.
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace for repeatable reductions (must precede its first use).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=False)
+
+
+def set_activation_checkpointing(net: torch.nn.Module, levels: bool | list[int]) -> None:
+    """train.activation_checkpointing: only our U-Net knows its levels."""
+    if levels is False or levels == []:
+        return
+    if not hasattr(net, "set_checkpointing"):
+        raise ValueError(f"train.activation_checkpointing: {type(net).__name__} has no U-Net levels to "
+                         "checkpoint (only xurdif_unet does); set it to false")
+    try:
+        net.set_checkpointing(levels)
+    except ValueError as e:
+        raise ValueError(f"train.activation_checkpointing: {e}") from None
+
+
+def speed_layout(net: torch.nn.Module, cfg: TrainCfg) -> torch.nn.Module:
+    """Layout switches that also suit the EMA copy: apply before copying it."""
+    set_activation_checkpointing(net, cfg.activation_checkpointing)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def compile_network(net: torch.nn.Module, cfg: TrainCfg, **options) -> torch.nn.Module:
+    """train.compile: in place (Module.compile), so state_dict keys stay those of the model file.
+    `options` go to torch.compile (tests pick a backend that needs no C++ compiler run)."""
+    if cfg.compile:
+        net.compile(**options)
+    return net

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ..atomic import atomic_write
-from .ema import make_ema, power_decay, power_exponent, update_ema
+from .ema import make_ema, power_decay, power_exponent, update_ema_if
 
 log = logging.getLogger(__name__)
 SNAPSHOT_DIR = "ema-snapshots"
@@ -49,9 +49,13 @@ class PosthocEmas:
         self.stds = [float(s) for s in stds]
         self.emas = [make_ema(net).to(device) for _ in self.stds]
 
-    def update(self, net: torch.nn.Module, images_before: int, images_after: int) -> None:
+    def update(self, net: torch.nn.Module, images_before: int, images_after: int,
+               finite: torch.Tensor | None = None) -> None:
+        """One step of every EMA; none where the 0-dim bool `finite` is false (a skipped step)."""
+        if finite is None:
+            finite = torch.tensor(True, device=next(self.emas[0].parameters()).device)
         for std, ema in zip(self.stds, self.emas):
-            update_ema(ema, net, power_decay(std, images_before, images_after))
+            update_ema_if(ema, net, power_decay(std, images_before, images_after), finite)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{std_key(s)}.{k}": v for s, e in zip(self.stds, self.emas) for k, v in e.state_dict().items()}

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.cuda,
 
 def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
     # A fresh process per run: accelerate's state (mixed precision) is process-wide.
-    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "PYTHONPATH": str(ROOT)}
+    # Keep the caller's PYTHONPATH (packages carried to a GPU machine live there) behind ours.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "PYTHONPATH": path}
     res = subprocess.run([sys.executable, str(ROOT / "launch.py"), RECIPE, f"train.output_dir={out}", *FAST,
                           *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -289,9 +289,9 @@ class Trainer:
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """Host to device without waiting: a copy from pinned memory returns at once."""
         dev = self.acc.device
-        if x.device == dev:
+        if x.device.type == dev.type:  # compare types: accelerate's "cuda" vs a tensor's "cuda:0"
             return x
-        if dev.type == "cuda":
+        if dev.type == "cuda" and x.device.type == "cpu":
             return (x if x.is_pinned() else x.pin_memory()).to(dev, non_blocking=True)
         return x.to(dev)
 

@@ -211,6 +211,7 @@ def draw_samples(model_path: Path, args) -> tuple:
     from xurdif.diffusion.denoiser import Denoiser
     from xurdif.diffusion.samplers import sample
     from xurdif.diffusion.schedule import make_schedule
+    from xurdif.seeds import derive_seed
     from xurdif.weights import load_network
 
     net, meta = load_network(model_path, args.weights)
@@ -222,7 +223,7 @@ def draw_samples(model_path: Path, args) -> tuple:
     with torch.no_grad():
         for i, first in enumerate(range(0, args.samples, batch)):
             n = min(batch, args.samples - first)
-            g = torch.Generator().manual_seed(args.seed * 100003 + i)
+            g = torch.Generator().manual_seed(derive_seed(args.seed, "quality-sample", i))
             x = sample(den, (n, 3, h, w), sampler=args.sampler, steps=args.steps, generator=g, device=args.device)
             out.append(den.to_image(x).clamp(0, 1).cpu())
     return torch.cat(out), time.perf_counter() - started

@@ -62,7 +62,7 @@ def test_exact_resume_with_deterministic_kernels(tmp_path):
 
 def test_bf16_sampling_matches_fp32(tmp_path):
     from xurdif.diffusion.samplers import sample
-    from xurdif.render.run import load_denoiser
+    from xurdif.weights import load_denoiser
 
     train(tmp_path / "run", "train.mixed_precision=bf16", "train.steps=20")
     den, _ = load_denoiser(tmp_path / "run" / "model.safetensors", "ema", "cuda")

@@ -18,7 +18,7 @@ from xurdif.guidance import KEYS as GUIDANCE_KEYS
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
-from xurdif.render.jobs import Job, JobError, derive_seed, load_jobs, parse_prompts_text
+from xurdif.render.jobs import Job, JobError, load_jobs, parse_prompts_text, render_seed
 from xurdif.render.run import render
 from xurdif.weights import ModelMeta, save_model_file
 
@@ -76,7 +76,8 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     assert [j.index for j in jobs] == [0, 1, 3]
     assert errors == ["p.txt:5: unknown option 'sed'; did you mean 'seed'? valid: prompt, n, seed, "
                       "steps, sampler, eta, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
-    assert jobs[1].seeds() == [derive_seed(1, 0)] and derive_seed(1, 0) != derive_seed(1, 1)
+    # A job without a seed: seeds derived from (job index, image) by xurdif.seeds, 31 bits.
+    assert jobs[1].seeds() == [render_seed(1, 0)] == [1079587425] and render_seed(1, 1) == 128358735
 
 
 @pytest.mark.parametrize("line,msg", [

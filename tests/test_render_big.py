@@ -16,7 +16,8 @@ from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
 from xurdif.render.jobs import Job, parse_prompts_text
-from xurdif.render.run import load_denoiser, render, tiling
+from xurdif.render.run import render, tiling
+from xurdif.weights import load_denoiser
 from xurdif.weights import ModelMeta, save_model_file
 
 CFG = unet_config("tiny", base_width=8, mults=[1, 2], norm_groups=4, head_dim=8)

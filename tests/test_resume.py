@@ -59,10 +59,10 @@ def reference(tmp_path_factory):
     return weights(out)
 
 
-@pytest.mark.slow
-def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, reference):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def sigkill_after_step_8_then_resume(out: Path, *extra: str) -> dict[str, torch.Tensor]:
+    """SIGKILL a run once its step-8 checkpoint exists, resume it (--resume auto) with
+    the same settings and return the final weights."""
+    proc = subprocess.Popen(cmd(out, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "checkpoints" / "step-0000008").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
@@ -70,9 +70,14 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, refere
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "checkpoints" / "step-0000016").exists()
-    res = run(out)  # --resume auto
+    res = run(out, *extra)
     assert "resumed from" in res.stderr
-    assert_identical(weights(out), reference)
+    return weights(out)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(tmp_path, reference):
+    assert_identical(sigkill_after_step_8_then_resume(tmp_path / "run"), reference)
 
 
 @pytest.mark.slow
@@ -142,16 +147,4 @@ def test_unsafe_recipe_change_on_resume_is_refused(tmp_path):
 @pytest.mark.slow
 def test_sigkill_with_loader_workers_then_resume_is_bitwise_identical(tmp_path, reference):
     # The reference ran with data.num_workers 0; two workers load the same micro-batches.
-    out = tmp_path / "run"
-    proc = subprocess.Popen(cmd(out, "data.num_workers=2"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step-0000008").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "checkpoints" / "step-0000016").exists()
-    res = run(out, "data.num_workers=2")
-    assert "resumed from" in res.stderr
-    assert_identical(weights(out), reference)
+    assert_identical(sigkill_after_step_8_then_resume(tmp_path / "run", "data.num_workers=2"), reference)

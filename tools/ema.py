@@ -4,12 +4,8 @@
 Run `tools/ema.py --help`; the code lives in xurdif/train/ema_cli.py.
 """
 import sys
-from pathlib import Path
 
-# Let `python tools/ema.py` work from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xurdif.train.ema_cli import main  # noqa: E402
+from xurdif.train.ema_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

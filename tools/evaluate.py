@@ -4,12 +4,8 @@
 Run `tools/evaluate.py --help`; the code lives in xurdif/evaluate/cli.py.
 """
 import sys
-from pathlib import Path
 
-# Let `python tools/evaluate.py` work from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xurdif.evaluate.cli import main  # noqa: E402
+from xurdif.evaluate.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,12 +4,8 @@
     python tools/import_urdiffusion.py train/model-120.pt --out models/legacy.safetensors
 """
 import sys
-from pathlib import Path
 
-# Run from a checkout without installing: make the repository root importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xurdif.legacy_import import main  # noqa: E402
+from xurdif.legacy_import import main
 
 if __name__ == "__main__":
     sys.exit(main())

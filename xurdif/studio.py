@@ -16,8 +16,8 @@ from pathlib import Path
 from .diffusion.samplers import SAMPLERS
 from .render.gallery import write_gallery
 from .render.jobs import Job, JobError, make_job
-from .render.run import render, resolve_model_path
-from .weights import read_meta
+from .render.run import render
+from .weights import read_meta, resolve_model_path
 
 EPILOG = """\
 examples:

@@ -2,7 +2,8 @@
 sampling needs (architecture, network config, schedule, prediction type, value
 range, image size, the recipe) in its string metadata.
 
-Tensors are stored as `ema.<param>` and `model.<param>`.
+Tensors are stored as `ema.<param>` and `model.<param>`. load_denoiser is the one
+way to load a model for sampling (render, studio, evaluate).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .atomic import atomic_write
+from .diffusion.denoiser import Denoiser
+from .diffusion.schedule import make_schedule
 from .models import build_network
 
 FORMAT = "xurdif-model-1"
@@ -179,3 +182,23 @@ def load_network(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Modul
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return net.eval(), meta
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder (uses <run>/model.safetensors) or a .safetensors file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: model file not found (give a run folder or a .safetensors file)")
+    return p
+
+
+def load_denoiser(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Denoiser, ModelMeta]:
+    """Network, schedule, prediction type and value range all from the file's metadata."""
+    net, meta = load_network(resolve_model_path(path), weights)
+    # channels_last: ~15 % faster convolutions on CPU (measured, bench/sample_speed.py).
+    net = net.to(device, memory_format=torch.channels_last)
+    den = Denoiser(net, make_schedule(meta.schedule, meta.timesteps), meta.prediction,
+                   tuple(meta.value_range))
+    return den, meta

@@ -29,8 +29,6 @@ def open_dataset(cfg: DataCfg, rank: int = 0, world_size: int = 1, *, base_dir: 
     Relative paths are taken from `base_dir` (default: the working directory).
     Raises DataError (a ValueError) naming the path or key when the data cannot be used.
     """
-    if isinstance(rank, (str, os.PathLike)):  # design.md's older form open_dataset(cfg, base_dir)
-        base_dir, rank = rank, 0
     if not 0 <= rank < world_size:
         raise ValueError(f"open_dataset: rank {rank} is not in 0..{world_size - 1}")
     if cfg.source == "folder":

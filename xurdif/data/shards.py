@@ -19,7 +19,6 @@ comes from (seed, e, its shard and key), whichever worker reads it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from xurdif.data.augment import crop_flip, to_model_range
 from xurdif.data.images import BadImage, DataError, check_header, decode_image, display_path, parse_colour
 from xurdif.recipe import DataCfg
+from xurdif.seeds import derive_seed
 
 log = logging.getLogger("xurdif.data")
 
@@ -229,8 +229,7 @@ def image_member(members: dict[str, bytes]) -> Optional[bytes]:
 
 
 def sample_seed(seed: int, epoch: int, url: str, key: str) -> int:
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{Path(url).name}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return derive_seed(seed, "shard-sample", epoch, Path(url).name, key)
 
 
 # ---------------------------------------------------------------- the stream
@@ -330,7 +329,7 @@ class ShardStream:
     def _epoch_raw(self, seed: int, epoch: int, gid: int, total: int) -> Iterator[tuple[str, str, bytes]]:
         """(url, key, image bytes) for this logical worker in epoch `epoch`, before shuffling."""
         urls = list(self.shards.urls)
-        random.Random(f"shards/{seed}/{epoch}").shuffle(urls)
+        random.Random(derive_seed(seed, "shards", epoch)).shuffle(urls)
         by_shard = len(urls) >= total
         mine = urls[gid::total] if by_shard else urls
         j = -1
@@ -345,7 +344,7 @@ class ShardStream:
                     yield url, key, img
 
     def _epoch_shuffled(self, seed: int, epoch: int, gid: int, total: int) -> Iterator[tuple[str, str, bytes]]:
-        rng = random.Random(f"buffer/{seed}/{epoch}/{gid}/{total}")
+        rng = random.Random(derive_seed(seed, "buffer", epoch, gid, total))
         buf: list[tuple[str, str, bytes]] = []
         for item in self._epoch_raw(seed, epoch, gid, total):
             if len(buf) < max(1, self.cfg.shuffle_buffer):

@@ -1,5 +1,7 @@
-"""The loss mix: each term is computed unweighted (for logging) and summed with
-the recipe's weights. Image-space terms (edge_l1, ssim, ms_ssim) compare the
+"""The loss mix: each term is a mean over the batch, logged before the recipe's
+weight multiplies it, and the total is the weighted sum. With
+`loss.min_snr_gamma` the pixel terms (l2, l1) are min-SNR-weighted per sample
+before that mean (and logged so); the image-space terms never are. Image-space terms (edge_l1, ssim, ms_ssim) compare the
 predicted clean image with the real one, mapped to [0, 1] so SSIM's data_range is
 right (xurdif passed data_range=255 on [0, 1] images, making its SSIM inert).
 """
@@ -42,7 +44,8 @@ def loss_terms(
     ab: torch.Tensor,
     value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(weighted total, {term: unweighted mean}). All inputs [N, C, H, W]; ab [N]."""
+    """(total, {term: batch mean before the recipe's weight; l2 and l1 min-SNR-weighted
+    when min_snr_gamma is set}). All inputs [N, C, H, W]; ab [N]."""
     lo, hi = value_range
     pred01 = (x0_pred - lo) / (hi - lo)
     real01 = (x0 - lo) / (hi - lo)

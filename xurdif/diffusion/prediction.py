@@ -63,14 +63,5 @@ def to_x0(pred: str, out: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor) -> 
     return ab.sqrt() * x_t - (1 - ab).sqrt() * out
 
 
-def to_eps(pred: str, out: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    _check(pred)
-    if pred == "eps":
-        return out
-    if pred in ("x0", "edm"):
-        return eps_from_x0(to_x0(pred, out, x_t, ab), x_t, ab)
-    return (1 - ab).sqrt() * x_t + ab.sqrt() * out
-
-
 def eps_from_x0(x0: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()

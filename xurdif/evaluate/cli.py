@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..seeds import derive_seed
 from .cache import folder_features
 from .images import EvaluateError, list_images, load_samples
 from .inception import InceptionFeatures
@@ -68,7 +69,7 @@ def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int,
     from tqdm import tqdm
 
     from ..diffusion.samplers import sample
-    from ..render.run import load_denoiser
+    from ..weights import load_denoiser
 
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(count) if not (out / f"{i:05d}.png").exists()]
@@ -77,7 +78,7 @@ def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int,
     den, meta = load_denoiser(model, "ema", device or "cpu")
     h, w = meta.image_size
     for chunk in tqdm([todo[i:i + 16] for i in range(0, len(todo), 16)], desc="sampling", unit="batch"):
-        gens = [torch.Generator().manual_seed(i) for i in chunk]
+        gens = [torch.Generator().manual_seed(derive_seed("evaluate-sample", i)) for i in chunk]
         x0 = sample(den, (len(chunk), 3, h, w), sampler, steps, generator=gens, device=device or "cpu")
         for i, img in zip(chunk, den.to_image(x0.float()).cpu()):
             with atomic_write(out / f"{i:05d}.png") as f:  # a kill never leaves a torn sample

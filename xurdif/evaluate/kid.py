@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..seeds import derive_seed
 from .images import EvaluateError, as_features
 
 
@@ -20,7 +21,7 @@ def kid(feats_a, feats_b, num_subsets: int = 100, max_subset_size: int = 1000,
         raise EvaluateError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
     d = a.shape[1]
     m = min(a.shape[0], b.shape[0], max_subset_size)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "kid-subsets"))
     estimates = []
     for _ in range(num_subsets):
         x = a[torch.randperm(a.shape[0], generator=generator)[:m]]

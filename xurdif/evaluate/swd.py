@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..seeds import derive_seed
 from .images import EvaluateError, as_float01, check_images, resize_to
 
 PATCH = 7
@@ -110,7 +111,7 @@ def swd(images_a: torch.Tensor, images_b: torch.Tensor, patches_per_image: int =
         raise EvaluateError(f"SWD needs images of at least {MIN_RESOLUTION} px, got "
                             f"{a.shape[-2]}x{a.shape[-1]}")
     count = min(patches_per_image * min(a.shape[0], b.shape[0]), max_patches)
-    gen_a, gen_b, gen_dirs = (torch.Generator().manual_seed(seed) for _ in range(3))
+    gen_a, gen_b, gen_dirs = (torch.Generator().manual_seed(derive_seed(seed, "swd")) for _ in range(3))
     levels = {}
     pyramids = zip(laplacian_pyramid(a, len(resolutions)), laplacian_pyramid(b, len(resolutions)))
     for res, (level_a, level_b) in zip(resolutions, pyramids):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ..seeds import derive_seed
 from . import losses as L
 from .clip import Clip
 from .config import CLIP_GUIDES, GuidanceCfg, GuidanceError, text_prompts
@@ -45,7 +46,7 @@ class Guides:
         self.layers: tuple[int, ...] = ()
         # References are cut with their own generator, so they do not depend
         # on how many denoiser calls came before.
-        ref_gen = torch.Generator().manual_seed(cfg.cut_seed + 1)
+        ref_gen = torch.Generator().manual_seed(derive_seed(cfg.cut_seed, "references"))
         if "text" in names:
             prompts = [p for p in text_prompts(cfg, prompt) if p.weight != 0]
             self.text_emb = clip.encode_text([p.value for p in prompts])
@@ -125,7 +126,7 @@ class GuidedDenoiser:
 
     def __init__(self, base, guides: Guides, cfg: GuidanceCfg):
         self.base, self.guides, self.cfg = base, guides, cfg
-        self.generator = torch.Generator().manual_seed(cfg.cut_seed)
+        self.generator = torch.Generator().manual_seed(derive_seed(cfg.cut_seed, "cutouts"))
 
     def __getattr__(self, name: str):
         # schedule, prediction, value_range, to_image, to_model, net, ...

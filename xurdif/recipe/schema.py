@@ -192,10 +192,6 @@ class Recipe:
     def run_dir(self) -> Path:
         return Path(self.train.output_dir or Path("runs") / self.name)
 
-    @property
-    def global_batch_per_process(self) -> int:
-        return self.train.batch_size * self.train.grad_accum
-
 
 class RecipeError(ValueError):
     """All problems of a recipe, one per line."""

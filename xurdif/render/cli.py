@@ -11,7 +11,8 @@ import torch
 from ..diffusion.samplers import SAMPLERS
 from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
-from .run import render, resolve_model_path
+from ..weights import resolve_model_path
+from .run import render
 
 EPILOG = """\
 examples:

@@ -21,7 +21,6 @@ line never renumbers the others.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from .. import yamlfile
 from ..diffusion.samplers import SAMPLERS
 from ..options import Problem, close_matches, coerce, convert
 from ..postprocess import parse_chain
+from ..seeds import derive_seed
 
 
 class JobError(ValueError):
@@ -79,16 +79,15 @@ class Job:
     def seeds(self) -> list[int]:
         if self.seed is not None:
             return [self.seed + k for k in range(self.n)]
-        return [derive_seed(self.index, k) for k in range(self.n)]
+        return [render_seed(self.index, k) for k in range(self.n)]
 
 
 OPTIONS = [f.name for f in dataclasses.fields(Job) if f.metadata.get("option", True)]
 
 
-def derive_seed(index: int, k: int) -> int:
-    """A stable seed for image k of job `index` (no Python hash randomisation)."""
-    digest = hashlib.sha256(f"xurdif-render:{index}:{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+def render_seed(index: int, k: int) -> int:
+    """The seed of image k of job `index` when the job names none (31 bits: short file names)."""
+    return derive_seed("render", index, k, bits=31)
 
 
 def parse_size(value: Any) -> tuple[int, int] | None:

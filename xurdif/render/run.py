@@ -23,32 +23,11 @@ from tqdm import tqdm
 from ..data.images import BadImage, read_picture
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
-from ..diffusion.schedule import make_schedule
 from ..diffusion.tiled import TiledDenoiser
 from ..postprocess import parse_chain, apply_chain
-from ..weights import load_network
+from ..weights import load_denoiser, resolve_model_path
 from . import outputs
 from .jobs import Job, JobError, parse_merge
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """A run folder (uses <run>/model.safetensors) or a .safetensors file."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: model file not found (give a run folder or a .safetensors file)")
-    return p
-
-
-def load_denoiser(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[Denoiser, object]:
-    """Network, schedule, prediction type and value range all from the file's metadata."""
-    net, meta = load_network(resolve_model_path(path), weights)
-    # channels_last: ~15 % faster convolutions on CPU (measured, bench/sample_speed.py).
-    net = net.to(device, memory_format=torch.channels_last)
-    den = Denoiser(net, make_schedule(meta.schedule, meta.timesteps), meta.prediction,
-                   tuple(meta.value_range))
-    return den, meta
 
 
 def make_denoiser(base_denoiser: Callable, job: Job, device, clip_cache: dict) -> Callable:

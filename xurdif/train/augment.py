@@ -21,7 +21,7 @@ import kornia
 import torch
 
 from ..recipe import AugmentCfg
-from . import draws
+from ..seeds import derive_seed
 
 # flip x, flip y, cos(rot) - 1, sin(rot), tx, ty (fractions of the size), log2 scale,
 # brightness, log2 contrast, log2 saturation
@@ -41,7 +41,7 @@ def draw_params(cfg: AugmentCfg, seed: int, positions: Sequence[int], size: int)
     enabled, so switching one kind off does not change the others' draws."""
     rows = []
     for p in positions:
-        g = torch.Generator().manual_seed(draws.derive_seed(seed, "nonleaky-augment", p))
+        g = torch.Generator().manual_seed(derive_seed(seed, "nonleaky-augment", p))
         u = torch.rand(12, generator=g)  # coins and uniform values
         n = torch.randn(4, generator=g)  # normal values
         on = [bool(u[i] < cfg.p) for i in range(6)]

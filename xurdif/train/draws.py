@@ -7,16 +7,11 @@ the restarts (see docs/design.md).
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 
 import torch
 
-
-def derive_seed(*parts: int | str) -> int:
-    """A well-mixed 63-bit seed from any parts (sequential seeds give correlated streams)."""
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & (2**63 - 1)
+from ..seeds import derive_seed
 
 
 @lru_cache(maxsize=4)

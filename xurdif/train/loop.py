@@ -19,6 +19,7 @@ from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
 from ..recipe import Recipe, recipe_hash, recipe_to_yaml
 from ..recipe.duration import parse_duration
+from ..seeds import derive_seed
 from . import augment, draws
 from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema_if
@@ -95,7 +96,7 @@ class Trainer:
         self.out = outputs
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.data = open_dataset(recipe.data, self.rank, self.world)
-        torch.manual_seed(draws.derive_seed(recipe.train.seed, "init"))  # same initial weights on every rank and run
+        torch.manual_seed(derive_seed(recipe.train.seed, "init"))  # same initial weights on every rank and run
         net, self.meta = build_for_recipe(recipe)
         configure_backends(recipe.train, accelerator.device)
         net = speed_layout(net, recipe.train)
@@ -301,7 +302,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         # Dropout draws from the global RNG: reseed it from the clock too.
-        torch.manual_seed(draws.derive_seed(r.train.seed, "dropout", self.clock.images_seen, self.rank))
+        torch.manual_seed(derive_seed(r.train.seed, "dropout", self.clock.images_seen, self.rank))
         sums: dict[str, torch.Tensor] = {}  # on the device: read at log steps only
         accum = r.train.grad_accum
         pred = self.meta.prediction

@@ -8,6 +8,7 @@ import torch
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..recipe import Recipe
+from ..seeds import derive_seed
 
 
 class KidMonitor:
@@ -48,7 +49,7 @@ class KidMonitor:
         e = self.r.eval
         den = Denoiser(ema, schedule, meta.prediction, meta.value_range)
         h, w = meta.image_size
-        g = torch.Generator().manual_seed(self.r.samples.seed + 1)
+        g = torch.Generator().manual_seed(derive_seed(self.r.samples.seed, "kid"))
         fake = torch.cat([
             den.to_image(sample(den, (b.numel(), 3, h, w), sampler="dpmpp_2m", steps=steps or e.kid_steps,
                                 generator=g, device=self.device)).float().cpu()

@@ -17,6 +17,7 @@ from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
+from ..seeds import derive_seed
 from ..report import REPORT, Series, gather, read_scalars, write_report
 from ..weights import ModelMeta, read_meta, save_model_file
 
@@ -99,7 +100,7 @@ class RunOutputs:
         den = Denoiser(ema, schedule, meta.prediction, meta.value_range)
         device = next(ema.parameters()).device
         h, w = meta.image_size
-        g = torch.Generator().manual_seed(s.seed)
+        g = torch.Generator().manual_seed(derive_seed(s.seed, "samples"))
         x0 = sample(den, (s.n, 3, h, w), sampler=s.sampler, steps=s.steps, generator=g, device=device)
         grid = make_grid(den.to_image(x0).float().cpu(), nrow=math.ceil(math.sqrt(s.n)), padding=2, pad_value=1.0)
         path = self.run_dir / "samples" / f"step-{step:07d}.png"

@@ -91,7 +91,6 @@ def test_unusable_paths_are_clear_errors_naming_the_path(tmp_path, make, text):
 def test_relative_path_is_taken_from_base_dir(tmp_path):
     solid(tmp_path / "imgs" / "a.png")
     assert len(open_dataset(cfg("imgs"), base_dir=tmp_path)) == 1
-    assert len(open_dataset(cfg("imgs"), tmp_path)) == 1  # design.md's form open_dataset(cfg, base_dir)
 
 
 # ---------------------------------------------------------------- bad files

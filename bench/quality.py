@@ -63,6 +63,7 @@ GRID: dict[str, list[str]] = {
     "base-lr2e-3": ["optim.lr=2e-3"],
     "base-aug": ["augment.p=0.15"],
     "base-ema999": ["ema.decay=0.999"],
+    "base-small": ["model.preset=small"],
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no

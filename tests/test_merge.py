@@ -12,7 +12,7 @@ import torch
 
 from xurdif.merge import main as merge_main
 from xurdif.models.unet import UNet, unet_config
-from xurdif.render.outputs import model_sha256
+from xurdif.weights import model_sha256
 from xurdif.weights import ModelMeta, load_network, load_state, read_meta, save_model_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -109,7 +109,7 @@ def merged_state(paths: list[str | Path], weights: list[float], which: str) -> d
 
 def merge(paths: list[str | Path], weights: list[float], out: str | Path, use: str = "both") -> ModelMeta:
     """Write the merged model file; returns its metadata."""
-    from .render.outputs import model_sha256
+    from .weights import model_sha256
 
     if use not in USES:
         raise MergeError(f"--use must be one of {', '.join(USES)}, got {use!r}")

@@ -9,7 +9,6 @@ without a PNG or a torn last line is dropped, temporary files are deleted.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -161,32 +160,3 @@ def write_contact_sheet(out_dir: Path, folder: str, files: list[Path], nrow: int
     return path
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "xurdif" / "model-sha256.json"
-
-
-def model_sha256(path: str | Path) -> str:
-    """sha256 of a model file, cached by (path, size, mtime) across runs."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_path = _cache_file()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    try:  # the cache is an optimisation: a read-only home must not stop a render
-        cache[key] = digest
-        with atomic_write(cache_path, "w") as f:
-            json.dump(cache, f)
-    except OSError:
-        pass
-    return digest

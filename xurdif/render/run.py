@@ -25,7 +25,7 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.tiled import TiledDenoiser
 from ..postprocess import parse_chain, apply_chain
-from ..weights import load_denoiser, resolve_model_path
+from ..weights import load_denoiser, model_sha256, resolve_model_path
 from . import outputs
 from .jobs import Job, JobError, parse_merge
 
@@ -177,7 +177,7 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
            progress: bool = True) -> Result:
     model_path = resolve_model_path(model)
     den, meta = load_denoiser(model_path, weights, device)
-    sha = outputs.model_sha256(model_path)
+    sha = model_sha256(model_path)
     out_dir = Path(out_dir)
     done = outputs.reconcile(out_dir)
     result = Result()

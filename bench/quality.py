@@ -64,6 +64,14 @@ GRID: dict[str, list[str]] = {
     "base-aug": ["augment.p=0.15"],
     "base-ema999": ["ema.decay=0.999"],
     "base-small": ["model.preset=small"],
+    # Third round (this CPU, 10 minutes, two variants at a time on one core each): batch
+    # size at lr 2e-3. At equal images a smaller batch takes more optimizer steps.
+    "b16": ["optim.lr=2e-3", "train.batch_size=16"],
+    "b8": ["optim.lr=2e-3", "train.batch_size=8"],
+    "b4": ["optim.lr=2e-3", "train.batch_size=4"],
+    "b8-lr1e-3": ["optim.lr=1e-3", "train.batch_size=8"],
+    "b4-lr1e-3": ["optim.lr=1e-3", "train.batch_size=4"],
+    "b2-lr1e-3": ["optim.lr=1e-3", "train.batch_size=2"],
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no

@@ -125,16 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------- training
+def run_overrides(args, overrides: list[str]) -> list[str]:
+    """A variant's recipe overrides, in the order launch.py gets them: the bench's, the
+    length (--images or the --minutes budget), --set, the variant's own (last wins)."""
+    if args.images:
+        length = [f"train.images={args.images}", "train.steps=null", "train.time=null"]
+    else:
+        length = ["train.images=null", "train.steps=null", f"train.time={args.minutes * 60:g}s"]
+    return [f"data.path={args.data}", f"data.size={args.size}", *BENCH_OVERRIDES, *length, *args.set, *overrides]
+
+
 def train(args, name: str, overrides: list[str], run_dir: Path) -> dict:
     """Run launch.py with a train.time budget of args.minutes (or args.images); returns timing and
     images seen. SIGTERM only as a safety net, should a run overrun its budget by far."""
-    over = [f"data.path={args.data}", f"data.size={args.size}", *BENCH_OVERRIDES,
-            f"train.output_dir={run_dir}", f"name=quality-{name}"]
-    if args.images:
-        over += [f"train.images={args.images}", "train.steps=null", "train.time=null"]
-    else:
-        over += ["train.images=null", "train.steps=null", f"train.time={args.minutes * 60:g}s"]
-    over += args.set + overrides
+    over = run_overrides(args, overrides) + [f"train.output_dir={run_dir}", f"name=quality-{name}"]
     cmd = [sys.executable, str(ROOT / "launch.py"), args.recipe, *over, "--restart"]
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.parent / f"{name}-train.log"
@@ -328,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     # Validate every variant's recipe before spending any training time.
     for name, over in variants.items():
         try:
-            load_recipe(args.recipe, [f"data.path={args.data}", f"data.size={args.size}", *BENCH_OVERRIDES,
-                                      *args.set, *over])
+            load_recipe(args.recipe, run_overrides(args, over))
         except RecipeError as e:
             print(f"variant {name}: recipe errors:\n{e}", file=sys.stderr)
             return 2

@@ -36,3 +36,39 @@ def test_workers_give_the_same_batches_as_the_draws():
     assert main[2]["x"].dtype == torch.uint8
     assert torch.equal(to_model_range(main[2]["x"]), x)
     assert torch.equal(main[2]["eps"], eps) and torch.equal(main[2]["t"], t) and torch.equal(main[2]["level"], level)
+
+
+class _Moved:
+    """Stands in for a tensor on a GPU (this machine has none): records what was asked of it."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        self.calls = []
+
+    def is_pinned(self):
+        self.calls.append("is_pinned")
+        return False
+
+    def pin_memory(self):
+        self.calls.append("pin_memory")
+        return self
+
+    def to(self, *args, **kwargs):
+        self.calls.append(("to", str(args[0]), kwargs.get("non_blocking", False)))
+        return self
+
+
+def test_to_device_leaves_device_batches_alone_and_pins_host_ones():
+    from types import SimpleNamespace
+
+    from xurdif.train.loop import Trainer
+
+    trainer = SimpleNamespace(acc=SimpleNamespace(device=torch.device("cuda")))  # accelerate says "cuda" ...
+    on_gpu = _Moved("cuda:0")  # ... a batch the loader already moved says "cuda:0": pinning it again fails
+    assert Trainer.to_device(trainer, on_gpu) is on_gpu and on_gpu.calls == []
+    host = _Moved("cpu")
+    assert Trainer.to_device(trainer, host) is host
+    assert host.calls == ["is_pinned", "pin_memory", ("to", "cuda", True)]  # pinned, then copied without waiting
+    cpu_run = SimpleNamespace(acc=SimpleNamespace(device=torch.device("cpu")))
+    plain = torch.ones(2)
+    assert Trainer.to_device(cpu_run, plain) is plain

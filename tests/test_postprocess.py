@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xurdif.postprocess import OPS, parse_chain, postprocess
+from xurdif.postprocess import OPS, PRESETS, RANGES, parse_chain, postprocess
 
 
 def img(seed: int = 0, n: int = 2, size: int = 32) -> torch.Tensor:
@@ -95,3 +95,15 @@ def test_chain_presets_and_errors():
     with pytest.raises(ValueError, match="refers to itself"):
         parse_chain("loop", {"loop": "loop"})
     assert set(OPS) == {"contrast", "gamma", "saturation", "median", "bilateral", "unsharp", "clahe", "grain"}
+
+
+def test_values_out_of_range_are_refused_when_parsed():
+    assert set(RANGES) == set(OPS)
+    for preset in PRESETS:  # every shipped preset is inside the ranges
+        parse_chain(preset)
+    assert parse_chain("median:15,grain:0,contrast:0") == [("median", 15.0), ("grain", 0.0), ("contrast", 0.0)]
+    for spec, msg in [("median:999", "'median' takes 3..15, got '999'"), ("median:4", "odd integer"),
+                      ("gamma:0", "'gamma' takes 0.05..10"), ("grain:2", "'grain' takes 0..1, got '2'"),
+                      ("unsharp:nan", "needs a number"), ("saturation:-1", "takes 0..5")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_chain(spec)

@@ -87,6 +87,10 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     ("x | size=96y64", "p.txt:1: size must be WIDTHxHEIGHT"),
     ("x | post=gama:1", "p.txt:1: unknown postprocessing op 'gama'; did you mean 'gamma'?"),
     ("x | n", "p.txt:1: expected key=value"),
+    ("x | eta=inf", "p.txt:1: eta must be a number, got 'inf'"),
+    ("x | eta=1.5", "p.txt:1: eta must be in 0..1 (0 deterministic, 1 DDPM-like), got 1.5"),
+    ("x | post=median:999", "p.txt:1: postprocessing op 'median' takes 3..15, got '999'"),
+    ("x | post=grain:nan", "p.txt:1: postprocessing op 'grain' needs a number, got 'nan'"),
 ])
 def test_prompt_line_errors(line, msg):
     jobs, errors = parse_prompts_text(line, "p.txt", Job())

@@ -69,6 +69,14 @@ OPS: dict[str, Callable[..., Image]] = {
     "bilateral": bilateral, "unsharp": unsharp, "clahe": clahe, "grain": grain,
 }
 
+# What each op's value may be (inclusive): past these an op either does nothing useful or,
+# like a median of 999 px, runs for hours. Checked when a chain is parsed, so a bad prompt
+# line fails before any rendering.
+RANGES: dict[str, tuple[float, float]] = {
+    "contrast": (0.0, 5.0), "gamma": (0.05, 10.0), "saturation": (0.0, 5.0), "median": (3, 15),
+    "bilateral": (0.001, 1.0), "unsharp": (0.0, 5.0), "clahe": (0.1, 100.0), "grain": (0.0, 1.0),
+}
+
 PRESETS: dict[str, str] = {
     "crisp": "contrast:1.1,unsharp:0.6",
     "soft": "bilateral:0.1,gamma:0.95",
@@ -101,6 +109,11 @@ def _parse(spec: str, presets: dict[str, str], seen: tuple[str, ...]) -> list[tu
         ok, number = coerce(float, value.strip())
         if not ok:
             raise ValueError(f"postprocessing op {name!r} needs a number, got {value!r}")
+        lo, hi = RANGES[name]
+        if not lo <= number <= hi:
+            raise ValueError(f"postprocessing op {name!r} takes {lo:g}..{hi:g}, got {value.strip()!r}")
+        if name == "median" and number % 2 != 1:
+            raise ValueError(f"median kernel must be an odd integer (3, 5, ... 15), got {value.strip()!r}")
         chain.append((name, number))
     return chain
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=str, help="first seed of each prompt (default: derived from prompt and image index)")
     p.add_argument("--steps", type=str, help=f"sampler steps (default {d.steps})")
     p.add_argument("--sampler", choices=list(SAMPLERS), help=f"sampler (default {d.sampler})")
-    p.add_argument("--eta", type=str, help=f"DDIM eta (default {d.eta})")
+    p.add_argument("--eta", type=str, help=f"DDIM eta, 0..1: 0 deterministic, 1 DDPM-like noise (default {d.eta})")
     p.add_argument("--size", type=str, help="output size WIDTHxHEIGHT, e.g. 96x64 (default: the model's)")
     p.add_argument("--init", type=str, help="init image for img2img")
     p.add_argument("--strength", type=str,

@@ -209,8 +209,8 @@ def validate(job: Job, presets: dict[str, str]) -> None:
         raise ValueError(f"n must be >= 1, got {job.n}")
     if not 1 <= job.steps <= 1000:
         raise ValueError(f"steps must be in 1..1000, got {job.steps}")
-    if job.eta < 0:
-        raise ValueError(f"eta must be >= 0, got {job.eta}")
+    if not 0 <= job.eta <= 1:  # above 1 a step adds more noise than the schedule holds
+        raise ValueError(f"eta must be in 0..1 (0 deterministic, 1 DDPM-like), got {job.eta}")
     if not 0 < job.strength <= 1:
         raise ValueError(f"strength must be in (0, 1] (1.0 = start from pure noise), got {job.strength}")
     if job.noise_mult <= 0:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xurdif.data.folder import scan_folder
 from xurdif.data.images import BadImage, DataError, decode_image, parse_colour, read_picture
-from xurdif.data.shards import INDEX_NAME, image_member, read_samples
+from xurdif.data.shard_files import INDEX_NAME, image_member, read_samples
 
 log = logging.getLogger("xurdif.data")
 

@@ -30,10 +30,14 @@ def saturation(x: Image, f: float, gens=None) -> Image:
     return kornia.enhance.adjust_saturation(x, f).clamp(0, 1)
 
 
+def median_kernel(k: float) -> int:
+    if k < 3 or k % 2 != 1:
+        raise ValueError(f"median kernel must be an odd integer >= 3, got {k:g}")
+    return int(k)
+
+
 def median(x: Image, k: float, gens=None) -> Image:
-    k = int(k)
-    if k < 3 or k % 2 == 0:
-        raise ValueError(f"median kernel must be an odd integer >= 3, got {k}")
+    k = median_kernel(k)
     return kornia.filters.median_blur(x, (k, k))
 
 
@@ -112,8 +116,8 @@ def _parse(spec: str, presets: dict[str, str], seen: tuple[str, ...]) -> list[tu
         lo, hi = RANGES[name]
         if not lo <= number <= hi:
             raise ValueError(f"postprocessing op {name!r} takes {lo:g}..{hi:g}, got {value.strip()!r}")
-        if name == "median" and number % 2 != 1:
-            raise ValueError(f"median kernel must be an odd integer (3, 5, ... 15), got {value.strip()!r}")
+        if name == "median":
+            median_kernel(number)
         chain.append((name, number))
     return chain
 

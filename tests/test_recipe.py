@@ -155,3 +155,13 @@ def test_missing_dataset_is_a_clear_error_before_training(tmp_path):
     res = run_launch(str(p), "--dry-run")
     assert res.returncode == 2
     assert "nothing" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_patch_size_key_reaches_the_network(tmp_path):
+    from xurdif.train.network import recipe_net_config
+
+    p = write(tmp_path, "p.yaml", MINIMAL + "model: {preset: tiny}\n")
+    assert recipe_net_config(load_recipe(p))["patch_size"] == 2  # the preset's
+    config = recipe_net_config(load_recipe(p, ["model.patch_size=1", "model.base_width=20"]))
+    assert config["patch_size"] == 1 and config["base_width"] == 20
+    assert problems(p, ["model.patch_size=0"]) == [f"{p}: model.patch_size: 0 is out of range; allowed 1 to 8"]

@@ -43,6 +43,8 @@ class ModelCfg:
     blocks_per_level: Optional[int] = opt(None, min=1, max=8, doc="residual blocks per level")
     attn_levels: Optional[list[int]] = opt(None, doc="levels with self-attention (default: lowest two)")
     head_dim: Optional[int] = opt(None, min=8, doc="attention head width")
+    patch_size: Optional[int] = opt(None, min=1, max=8, doc="fold NxN pixels into channels before the first "
+                                    "conv (overrides preset; tiny/small: 2, base/large: 1)")
     dropout: float = opt(0.0, min=0.0, max=0.9, doc="dropout in residual blocks")
     init_from: str = opt("", doc="start from the weights of a model file (.safetensors), e.g. an import")
 

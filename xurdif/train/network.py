@@ -21,7 +21,7 @@ def recipe_net_config(recipe: Recipe) -> dict:
     m = recipe.model
     return unet_config(
         m.preset, base_width=m.base_width, mults=m.mults, blocks_per_level=m.blocks_per_level,
-        attn_levels=m.attn_levels, head_dim=m.head_dim, dropout=m.dropout or None,
+        attn_levels=m.attn_levels, head_dim=m.head_dim, patch_size=m.patch_size, dropout=m.dropout or None,
         aug_dim=augment.AUG_DIM if augment.enabled(recipe.augment) else None,
     )
 

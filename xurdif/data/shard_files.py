@@ -110,15 +110,7 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-class ShardProblem(Exception):
-    """Raised by read_samples for a damaged shard; `after` names the last member read."""
-
-    def __init__(self, reason: str, after: Optional[str]):
-        super().__init__(reason)
-        self.reason, self.after = reason, after
-
-
-def _damage(url: str, after: Optional[str], err: BaseException) -> str:
+def _damage(after: Optional[str], err: BaseException) -> str:
     if after is None:
         return "not a tar archive, or damaged before its first member"
     text = (str(err).strip() or type(err).__name__).splitlines()[0]
@@ -164,7 +156,7 @@ def read_samples(url: str, allow_pickle: bool, report: Callable[[str, str], None
                 data = tar.extractfile(info)
                 members[ext] = data.read() if data is not None else b""
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        report(url, _damage(url, last, e))
+        report(url, _damage(last, e))
     finally:
         stream.close()
     if current is not None:
@@ -195,7 +187,7 @@ def scan_shard(url: str, scan: ShardScan) -> None:
                 elif ext in IMAGE_KEYS:
                     scan.images += 1
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        scan.problems.append((url, _damage(url, last, e)))
+        scan.problems.append((url, _damage(last, e)))
         if last is None:
             scan.unreadable.add(url)
 

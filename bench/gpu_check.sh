@@ -7,7 +7,7 @@
 #
 # Every section runs on its own, under its own time limit: a failing or hanging
 # section is reported and the next one still runs. Writes into OUT_DIR:
-#   env.txt, tests.log (+ tests.xml), sync.log, table-eager.md/.json/.log,
+#   env.txt, tests.log (+ tests.xml), sync.log, draws.log, table-eager.md/.json/.log,
 #   table-compiled.md/.json/.log, summary.txt
 set -u
 
@@ -71,17 +71,21 @@ section "cuda tests" 150 "$OUT_DIR/tests.log" \
 section "sync check" 60 "$OUT_DIR/sync.log" \
     "$PY" -m pytest -m cuda -q -rA tests/test_cuda.py -k no_host_sync
 
+# ---- 2b. the per-sample draws: host generators + copy (before) vs the noise drawn on the GPU
+section "draws" 30 "$OUT_DIR/draws.log" \
+    "$PY" bench/draws_speed.py --device cuda --sizes 64 128 256 --batch 64 --threads 2
+
 # ---- 3. throughput table: the real Trainer step, bf16, real vs synthetic input
 section "throughput eager" 100 "$OUT_DIR/table-eager.log" \
     "$PY" bench/train_speed.py --device cuda --modes eager --presets tiny small base large \
-    --sizes 64 128 256 --steps 10 --warmup 3 --budget-s 80 \
+    --sizes 64 128 256 --steps 10 --warmup 3 --budget-s 80 --workers 4 \
     --json "$OUT_DIR/table-eager.json" --table "$OUT_DIR/table-eager.md"
 # Compilation takes ~0.5-1.5 min per row: only the rows the targets are about.
 left=$((TOTAL_S - SECONDS - 75))
 [ "$left" -lt 1 ] && left=1
 section "throughput compiled" 200 "$OUT_DIR/table-compiled.log" \
     "$PY" bench/train_speed.py --device cuda --modes compiled --presets base small --sizes 128 64 \
-    --steps 10 --warmup 3 --budget-s "$left" \
+    --steps 10 --warmup 3 --budget-s "$left" --workers 4 \
     --json "$OUT_DIR/table-compiled.json" --table "$OUT_DIR/table-compiled.md"
 
 echo; echo "######## summary (total ${SECONDS}s) ########"

@@ -83,10 +83,10 @@ def noise_folder(root: Path, size: int, n: int = 64) -> Path:
 
 
 def bench_recipe(preset: str, size: int, batch: int, precision: str, compiled: bool, data: Path,
-                 out: Path, checkpointing: bool | list[int]) -> Recipe:
+                 out: Path, checkpointing: bool | list[int], workers: int = 0) -> Recipe:
     return Recipe(
         name="bench",
-        data=DataCfg(path=str(data), size=size, crop="random", hflip=True),
+        data=DataCfg(path=str(data), size=size, crop="random", hflip=True, num_workers=workers),
         model=ModelCfg(preset=preset),
         train=TrainCfg(batch_size=batch, steps=10**9, mixed_precision=precision, compile=compiled,
                        channels_last=False, activation_checkpointing=checkpointing, output_dir=str(out)),
@@ -182,7 +182,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                         continue
                     recipe = bench_recipe(preset, size, batch, args.precision, mode == "compiled",
                                           noise_folder(tmp, size), tmp / f"run-{preset}-{size}-{mode}",
-                                          args.checkpointing)
+                                          args.checkpointing, args.workers)
                     try:
                         row.update(measure(recipe, args.steps, args.warmup))
                     except Exception as e:  # OOM, compiler errors: report the row, keep going
@@ -217,6 +217,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, cudnn.benchmark)")
     g.add_argument("--checkpointing", type=json.loads, default=False, metavar="JSON",
                    help="train.activation_checkpointing for every row, e.g. true or [0,1]")
+    g.add_argument("--workers", type=int, default=0,
+                   help="data.num_workers of the real pipeline (loader processes that decode, crop and draw ahead)")
     g.add_argument("--budget-s", type=float, default=float("inf"), help="start no row after this many seconds")
     g.add_argument("--json", default="", help="also write the rows as JSON to this file")
     g.add_argument("--table", default="", help="also write the Markdown table to this file")

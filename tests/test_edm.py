@@ -13,7 +13,6 @@ from xurdif.diffusion.denoiser import Denoiser
 from xurdif.diffusion.samplers import sample
 from xurdif.diffusion.schedule import make_schedule
 from xurdif.recipe import load_recipe
-from xurdif.seeds import derive_seed
 from xurdif.weights import load_network, read_meta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,20 +71,10 @@ def test_continuous_timestep_inverts_the_schedule():
 def test_lognormal_levels_follow_p_mean_and_p_std(tmp_path):
     from xurdif.train import draws
 
-    _, _, level = draws.noise_and_timesteps(0, range(4000), (1,), 1000)
+    _, level = draws.timesteps_and_levels(0, range(4000), 1000)
     sigma = (-1.2 + 1.2 * level).exp()
     assert sigma.log().mean().item() == pytest.approx(-1.2, abs=0.06)
     assert sigma.log().std().item() == pytest.approx(1.2, abs=0.06)
-
-
-def test_noise_draws_are_unchanged_for_uniform_runs():
-    # The level is drawn after eps and t: runs from before it existed resume exactly.
-    from xurdif.train import draws
-
-    eps, t, _ = draws.noise_and_timesteps(3, range(5, 7), (2, 2), 1000)
-    g = torch.Generator().manual_seed(derive_seed(3, "noise", 5))
-    assert int(t[0]) == int(torch.randint(0, 1000, (1,), generator=g))
-    torch.testing.assert_close(eps[0], torch.randn((2, 2), generator=g))
 
 
 def test_recipe_noise_dist_auto():

@@ -7,6 +7,7 @@ import torch
 from xurdif.data import open_dataset
 from xurdif.data.augment import to_model_range
 from xurdif.recipe import DataCfg
+from xurdif.seeds import derive_seed
 from xurdif.train import draws
 from xurdif.train.feed import Layout, open_feed
 
@@ -25,17 +26,17 @@ def test_workers_give_the_same_batches_as_the_draws():
     workers = items(data, lay, 0, 6, 2)
     resumed = items(data, lay, lay.index_at(40, 0), 2, 2)  # a run resumed at 40 images seen
     for a, b in zip(main, workers):
-        assert a["start"] == b["start"] and all(torch.equal(a[k], b[k]) for k in ("x", "eps", "t", "level"))
+        assert a["start"] == b["start"] and all(torch.equal(a[k], b[k]) for k in ("x", "t", "level"))
     assert [m["start"] for m in main] == [5, 15, 25, 35, 45, 55]  # rank 1 of 2, micro-batches k = 0, 1
     assert [r["start"] for r in resumed] == [45, 55]
     assert all(torch.equal(r["x"], m["x"]) for r, m in zip(resumed, main[4:]))
     # What the loop fed before the loader: data.get on the same positions, same draws.
     pos = range(25, 30)
     x = data.get(draws.data_indices(3, pos, len(data)), draws.augment_seeds(3, pos))
-    eps, t, level = draws.noise_and_timesteps(3, pos, (3, 16, 16), 1000)
+    t, level = draws.timesteps_and_levels(3, pos, 1000)
     assert main[2]["x"].dtype == torch.uint8
     assert torch.equal(to_model_range(main[2]["x"]), x)
-    assert torch.equal(main[2]["eps"], eps) and torch.equal(main[2]["t"], t) and torch.equal(main[2]["level"], level)
+    assert "eps" not in main[2] and torch.equal(main[2]["t"], t) and torch.equal(main[2]["level"], level)
 
 
 class _Moved:
@@ -72,3 +73,18 @@ def test_to_device_leaves_device_batches_alone_and_pins_host_ones():
     cpu_run = SimpleNamespace(acc=SimpleNamespace(device=torch.device("cpu")))
     plain = torch.ones(2)
     assert Trainer.to_device(cpu_run, plain) is plain
+
+
+
+def test_noise_is_drawn_per_sample_on_the_device():
+    """Sample p's noise comes from a generator on the training device seeded by (seed, p):
+    the same whatever the batch it sits in (2 processes x b = 1 process x 2b)."""
+    eps = draws.noise(7, range(3, 6), (3, 4, 4), "cpu")
+    assert eps.shape == (3, 3, 4, 4) and eps.device.type == "cpu"
+    torch.testing.assert_close(draws.noise(7, range(4, 6), (3, 4, 4)), eps[1:], rtol=0, atol=0)
+    g = torch.Generator().manual_seed(derive_seed(7, "noise", 4))
+    torch.testing.assert_close(eps[1], torch.randn((3, 4, 4), generator=g), rtol=0, atol=0)
+    assert not torch.equal(eps, draws.noise(8, range(3, 6), (3, 4, 4)))
+    t, level = draws.timesteps_and_levels(0, range(4000), 1000)
+    assert t.min() >= 0 and t.max() <= 999 and torch.histc(t.float(), bins=10, min=0, max=1000).std() < 40
+    assert abs(level.mean().item()) < 0.05 and abs(level.std().item() - 1) < 0.05

@@ -38,9 +38,12 @@ def test_loss_falls(trained):
     ea = scalars(trained)
     total = [e.value for e in ea.Scalars("loss/total")]
     assert len(total) == 12  # logged every 5 of 60 steps
-    assert total[-1] < 0.6 * total[0], total
+    # The image-space terms judge an eps model's x0, which at the noisiest timesteps is its
+    # eps error / sqrt(ᾱ): a 5-step window that draws one jumps to 10-300. Medians of three
+    # windows, and the plain L2 term, which falls steadily (0.98 -> 0.57-0.62 for seeds 0-3).
+    assert sorted(total[-3:])[1] < sorted(total[:3])[1], total
     l2 = [e.value for e in ea.Scalars("loss/l2")]
-    assert l2[-1] < l2[0]
+    assert l2[-1] < 0.75 * l2[0], l2
 
 
 @pytest.mark.slow

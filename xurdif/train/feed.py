@@ -2,12 +2,12 @@
 rank's micro-batches, counted from the start of the run.
 
 Micro-batch j of a rank is micro-batch k = j % grad_accum of step j // grad_accum; its
-stream positions, and with them every draw (data index, crop, flip, noise, timestep,
-noise level), follow from (seed, position) alone (xurdif/train/draws.py). Workers
+stream positions, and with them every draw (data index, crop, flip, timestep, noise level,
+noise), follow from (seed, position) alone (xurdif/train/draws.py). Workers
 therefore change only where the work runs: any data.num_workers gives the same
 batches in the same order, and a resumed run starts the loader at its own position.
 Images travel as uint8 (a quarter of float32's bytes), pinned when the device is a GPU;
-the trainer converts them to float on the device.
+the trainer converts them to float on the device and draws the noise there.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ class MicroBatches(Dataset):
         positions = range(start, start + lay.micro)
         x = self.data.get_uint8(draws.data_indices(lay.seed, positions, len(self.data)),
                                 draws.augment_seeds(lay.seed, positions))
-        eps, t, level = draws.noise_and_timesteps(lay.seed, positions, tuple(x.shape[1:]), lay.T)
-        return {"start": start, "x": x, "eps": eps, "t": t, "level": level}
+        t, level = draws.timesteps_and_levels(lay.seed, positions, lay.T)
+        return {"start": start, "x": x, "t": t, "level": level}
 
 
 def open_feed(data, layout: Layout, first: int, num_workers: int, pin: bool):

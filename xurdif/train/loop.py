@@ -173,6 +173,7 @@ class Trainer:
             "best_kid": self.best_kid, "memorised_warned": self.memorised_warned,
             # A time budget's length, fixed once from the measured speed: a resume keeps it.
             "time_budget_s": self.budget_s, "total_images": self.total if self.measured_total() else None,
+            "noise_draws": draws.VERSION,
         }
 
     def measured_total(self) -> bool:
@@ -233,6 +234,9 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         if ck["scaler"] is not None and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(ck["scaler"])
+        if s.get("noise_draws") != draws.VERSION:
+            log.warning("%s: saved by an earlier xurdif that drew its noise differently; the run goes on from "
+                        "it, but not bit for bit as it would have without the restart", path)
         self.clock = Clock(step=s["step"], images_seen=s["images_seen"], nonfinite_total=s.get("nonfinite_total", 0))
         self.seconds_before = s.get("seconds", 0.0)
         self.best_kid, self.memorised_warned = s.get("best_kid"), s.get("memorised_warned", False)
@@ -259,13 +263,13 @@ class Trainer:
                                       self.r.data.num_workers, self.acc.device.type == "cuda")
                 item = next(self.feed)
             x = to_model_range(self.to_device(item["x"]))  # float on the device
-            eps, t, level = item["eps"], item["t"], item["level"]
+            t, level = item["t"], item["level"]
         else:
             if self.stream is None:
                 skip = self.clock.images_seen // self.world
                 self.stream = iter(self.data.stream(self.micro, seed, skip_images=skip))
             x = next(self.stream)
-            eps, t, level = draws.noise_and_timesteps(seed, positions, tuple(x.shape[1:]), self.schedule.T)
+            t, level = draws.timesteps_and_levels(seed, positions, self.schedule.T)
         d = self.r.diffusion
         # Noise levels from the schedule's table on the host, like every other draw: the
         # device only receives the per-sample numbers (no table copies, no reads back).
@@ -277,7 +281,8 @@ class Trainer:
             ab, t_in = torch.sigmoid(log_snr), self.schedule.continuous_t(log_snr)
         else:
             t_in, ab = t, self.schedule.ab(t)
-        x, eps, ab, t_in = (self.to_device(v) for v in (x, eps, ab, t_in))  # x: already there if indexable
+        x, ab, t_in = (self.to_device(v) for v in (x, ab, t_in))  # x: already there if indexable
+        eps = draws.noise(seed, positions, tuple(x.shape[1:]), x.device)
         labels = None
         if self.augment:
             labels = augment.draw_params(self.r.augment, seed, positions, x.shape[-1])

@@ -36,6 +36,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_same_shape(ours: dict, theirs: dict, path: Path) -> None:
+    """A checkpoint of another network is an error that names the keys, not a torch traceback."""
+    bad = sorted(set(ours) ^ set(theirs))
+    bad += [f"{k} {tuple(theirs[k].shape)} vs {tuple(ours[k].shape)}" for k in sorted(set(ours) & set(theirs))
+            if ours[k].shape != theirs[k].shape]
+    if bad:
+        raise ValueError(f"{path}: checkpoint is of a different model shape than the recipe's; "
+                         f"mismatching keys ({len(bad)}): {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}")
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +20,11 @@ from ..recipe import Recipe, recipe_hash, recipe_to_yaml
 from ..recipe.duration import parse_duration
 from ..seeds import derive_seed
 from . import augment, draws
-from .checkpoint import checkpoint_dir, load_checkpoint, prune, save_checkpoint
+from .budget import PROBE_TOTAL, length_from_speed, probe_done, total_images
+from .checkpoint import check_same_shape, checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema_if
 from .lr import learning_rate
+from .nonfinite import NonFiniteCounter
 from .monitor import KidMonitor
 from ..data.augment import to_model_range
 from .feed import Layout, open_feed
@@ -51,30 +52,6 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     # Without cpu=True, `accelerate launch --multi_gpu` on a CPU machine starts
     # independent single-process runs that overwrite each other's files.
     return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available())
-
-
-# The LR curve's length while a time budget's speed is still being measured: so
-# long that the cosine stays at its peak until the real length is known.
-PROBE_TOTAL = 2 ** 62
-
-
-def total_images(recipe: Recipe, global_batch: int) -> int | None:
-    """The run's length in images; None for a time budget (measured at run time)."""
-    if recipe.train.time is not None:
-        return None
-    if recipe.train.steps is not None:
-        return recipe.train.steps * global_batch
-    return math.ceil(recipe.train.images / global_batch) * global_batch
-
-
-def check_same_shape(ours: dict, theirs: dict, path: Path) -> None:
-    """A checkpoint of another network is an error that names the keys, not a torch traceback."""
-    bad = sorted(set(ours) ^ set(theirs))
-    bad += [f"{k} {tuple(theirs[k].shape)} vs {tuple(ours[k].shape)}" for k in sorted(set(ours) & set(theirs))
-            if ours[k].shape != theirs[k].shape]
-    if bad:
-        raise ValueError(f"{path}: checkpoint is of a different model shape than the recipe's; "
-                         f"mismatching keys ({len(bad)}): {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}")
 
 
 def window_means(window: list[dict], acc: Accelerator) -> dict[str, float]:
@@ -135,22 +112,15 @@ class Trainer:
 
     # ------------------------------------------------------------ non-finite steps
     def _reset_nonfinite(self) -> None:
-        # Device-side counters: in a row, total, and the step at which the streak first
-        # reached train.max_nonfinite (0: not yet). Read only by check_nonfinite.
-        c, dev = self.clock, self.acc.device
-        self._nf = torch.tensor([c.nonfinite_in_row, c.nonfinite_total, 0], dtype=torch.int64, device=dev)
+        c = self.clock
+        self._nf = NonFiniteCounter(c.nonfinite_in_row, c.nonfinite_total, self.r.train.max_nonfinite,
+                                    self.acc.device)
         self._nf_seen = c.nonfinite_total
-
-    def _count_nonfinite(self, finite: torch.Tensor) -> None:
-        bad = (~finite).long()
-        in_row = (self._nf[0] + 1) * bad
-        hit = torch.where((self._nf[2] == 0) & (in_row >= self.r.train.max_nonfinite), self.clock.step, self._nf[2])
-        self._nf = torch.stack([in_row, self._nf[1] + bad, hit])
 
     def check_nonfinite(self) -> None:
         """Read the device counters (a host sync: at log steps and saves only) and stop
         when train.max_nonfinite non-finite steps came in a row."""
-        in_row, total, hit = self._nf.tolist()
+        in_row, total, hit = self._nf.read()
         self.clock.nonfinite_in_row, self.clock.nonfinite_total = in_row, total
         if total > self._nf_seen:
             log.warning("step %d: %d non-finite loss or gradient step(s) skipped since step %d",
@@ -342,7 +312,7 @@ class Trainer:
         decay = ema_decay(r.ema, self.clock.step, before, self.clock.images_seen)
         # A skipped step leaves the EMAs as they are: decay 1 where the step was not finite.
         self.update_emas(decay, before, finite)
-        self._count_nonfinite(finite)
+        self._nf.count(finite, self.clock.step)
         # ema_decay is NaN for skipped steps in the logs, as the weights did not move.
         sums.update(lr=lr, grad_norm=norm.detach(), ema_decay=torch.where(finite, decay, float("nan")))
         return sums
@@ -381,14 +351,12 @@ class Trainer:
         batches, is the run's length."""
         t1, img1, step1 = probe
         now = time.perf_counter()
-        n = self.r.train.time_probe_steps
-        done = (self.clock.step - step1 >= n) if n else now - t1 >= min(60.0, self.budget_s / 10)
+        done = probe_done(now - t1, self.clock.step - step1, self.r.train.time_probe_steps, self.budget_s)
         if not self.from_main(int(done)):
             return False
         ips = (self.clock.images_seen - img1) / max(1e-9, now - t1)
         left = self.budget_s - (self.seconds_before + now - self.born)
-        more = max(0, int(ips * left) // self.global_batch) * self.global_batch
-        self.total = self.from_main(self.clock.images_seen + more)
+        self.total = self.from_main(length_from_speed(self.clock.images_seen, ips, left, self.global_batch))
         log.info("train.time %s: %.1f images/s; the run's length is fixed at %d images (%d steps)",
                  self.r.train.time, ips, self.total, self.total // self.global_batch)
         return True

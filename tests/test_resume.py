@@ -148,3 +148,27 @@ def test_unsafe_recipe_change_on_resume_is_refused(tmp_path):
 def test_sigkill_with_loader_workers_then_resume_is_bitwise_identical(tmp_path, reference):
     # The reference ran with data.num_workers 0; two workers load the same micro-batches.
     assert_identical(sigkill_after_step_8_then_resume(tmp_path / "run", "data.num_workers=2"), reference)
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_of_other_noise_draws_warns(tmp_path):
+    """A checkpoint saved before the noise moved to the device resumes, saying that the rest
+    of the run is not bit for bit what it would have been."""
+    import hashlib
+    import json
+
+    out = tmp_path / "run"
+    run(out, "train.steps=4")
+    res = run(out, "train.steps=8")
+    assert "resumed from" in res.stderr and "drew its noise differently" not in res.stderr
+    ck = out / "checkpoints" / "step-0000008"
+    state = json.loads((ck / "state.json").read_text())
+    assert state["noise_draws"]
+    del state["noise_draws"]  # as an earlier xurdif wrote it
+    (ck / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+    manifest = json.loads((ck / "manifest.json").read_text())
+    data = (ck / "state.json").read_bytes()
+    manifest["files"]["state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    res = run(out, "train.steps=12")
+    assert "resumed from" in res.stderr and "drew its noise differently" in res.stderr

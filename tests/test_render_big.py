@@ -20,6 +20,8 @@ from xurdif.render.run import render, tiling
 from xurdif.weights import load_denoiser
 from xurdif.weights import ModelMeta, save_model_file
 
+from test_render import _cache, pixels  # noqa: F401  (_cache: an autouse fixture, one cache per test)
+
 CFG = unet_config("tiny", base_width=8, mults=[1, 2], norm_groups=4, head_dim=8)
 
 
@@ -37,16 +39,6 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     return (write_model(d / "a.safetensors", 0), write_model(d / "b.safetensors", 1),
             write_model(d / "x0.safetensors", 2, prediction="x0"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def records(out: Path) -> dict[str, dict]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default="cpu", help="where the counter-based noise is drawn (cpu, cuda)")
+    ap.add_argument("--device", default="cpu", help="where the training noise is drawn (cpu, cuda)")
     args = ap.parse_args(argv)
     import torch
 

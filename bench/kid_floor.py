@@ -5,8 +5,9 @@ and scores the held-out images against the rest (the metric's floor: samples fro
 own distribution that are not copies), then the same held-out images reduced to each --down
 size and enlarged again (bilinear): the KID a perfect low-resolution model would reach at
 full size without a super-resolving stage. With --samples FOLDER: scores those PNGs (as
-bench/quality.py saved them) against all training images, as drawn and after each --post
-chain of the renderer's postprocessing (xurdif.postprocess).
+bench/quality.py saved them) against all training images, as drawn (enlarged to --size,
+bilinear, if smaller) and after each --post chain of the renderer's postprocessing
+(xurdif.postprocess).
 
     .venv/bin/python bench/kid_floor.py --size 64 --down 32 16
     .venv/bin/python bench/kid_floor.py --size 64 --samples runs/r7b/sd30/sd30-samples \\
@@ -61,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         fake = load_sample_folder(args.samples, args.n)
         if fake is None:
             sys.exit(f"{args.samples}: fewer than {args.n} PNG files")
-        row(f"{args.samples.name} as drawn", feats, fake)
+        name = args.samples.name
+        if fake.shape[-1] != args.size:
+            # A lower-resolution model's samples, enlarged as the floor's held-out images are.
+            name = f"{name} ({fake.shape[-1]} px enlarged, bilinear)"
+            fake = F.interpolate(fake, size=args.size, mode="bilinear", align_corners=False)
+        row(f"{name} as drawn", feats, fake)
         for chain in args.post:
-            row(f"{args.samples.name}, {chain}", feats, postprocess(fake, chain))
+            row(f"{name}, {chain}", feats, postprocess(fake, chain))
         return 0
 
     if not 0 < args.held < real.shape[0]:

@@ -4,6 +4,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -78,3 +79,34 @@ def test_resume_after_a_kill_ends_at_the_recorded_length(budget_run, tmp_path, m
     assert state(last)["images_seen"] == total and state(last)["total_images"] == total
     a, b = load_file(out / "model.safetensors"), load_file(killed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # exactly the uninterrupted run
+
+
+def test_a_slow_first_measurement_is_measured_again_over_the_lr_warm_up(tmp_path, monkeypatch):
+    # Another process starting beside this one makes the probe's steps slow. On a fake clock
+    # the trainer reads: every step takes 0.1 s, but steps 2-4 (the probe's 3 steps) 1 s. The
+    # length they give is provisional; at the warm-up's end (6 steps of 8 images) the speed
+    # over the whole warm-up sets it again.
+    calls, now = [], [0.0]
+    measure, step = loop.length_from_speed, loop.Trainer.step
+
+    def recorded(*args):
+        calls.append((*args[:2], measure(*args)))
+        return calls[-1][2]
+
+    def timed_step(self):
+        now[0] += 1.0 if 1 <= self.clock.step <= 3 else 0.1
+        return step(self)
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(loop, "length_from_speed", recorded)
+    monkeypatch.setattr(loop.Trainer, "step", timed_step)
+    out = tmp_path / "run"
+    over = [*BUDGET, "train.time=15s", "optim.warmup_images=48", "checkpoint.every_steps=5"]
+    assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", *over]) == 0
+    # After the probe: 24 images in 3 s, 11.9 s left: 32 + 88 images. At the warm-up's end:
+    # 40 images in 3.2 s, 11.7 s left: 48 + 144.
+    assert [(seen, pytest.approx(speed), length) for seen, speed, length in calls] == [(32, 8.0, 120), (48, 12.5, 192)]
+    # The checkpoint inside the warm-up records no length (a resume measures again); later ones the final one.
+    recorded_lengths = {state(p)["step"]: state(p)["total_images"] for p in (out / "checkpoints").iterdir()}
+    assert recorded_lengths.pop(5) is None
+    assert set(recorded_lengths.values()) == {192} and max(recorded_lengths) == 24

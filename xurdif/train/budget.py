@@ -1,6 +1,6 @@
-"""A run's length in images: given (train.images, train.steps) or fixed once from a time
-budget (train.time) by measuring the speed early in the run. The measured length is
-recorded in checkpoints, so a resumed run keeps it and stays exact."""
+"""A run's length in images: given (train.images, train.steps) or fixed from a time budget
+(train.time) by measuring the speed early in the run. The measured length is recorded in
+checkpoints, so a resumed run keeps it and stays exact."""
 from __future__ import annotations
 
 import math
@@ -30,3 +30,11 @@ def length_from_speed(images_seen: int, images_per_s: float, seconds_left: float
     """The rest of the budget at this speed, in whole global batches, after images_seen."""
     more = max(0, int(images_per_s * seconds_left) // global_batch) * global_batch
     return images_seen + more
+
+
+def measured_again(images_seen: int, total: int, warmup_images: int) -> bool:
+    """Whether a length just measured is measured again, over the whole LR warm-up, when the
+    warm-up ends: until then the LR curve does not depend on the length (xurdif.train.lr), so
+    a longer measurement costs nothing, and a slow first minute (another process starting
+    beside this one) no longer cuts the run short."""
+    return images_seen < warmup_images < total

@@ -20,7 +20,7 @@ from ..recipe import Recipe, recipe_hash, recipe_to_yaml
 from ..recipe.duration import parse_duration
 from ..seeds import derive_seed
 from . import augment, draws
-from .budget import PROBE_TOTAL, length_from_speed, probe_done, total_images
+from .budget import PROBE_TOTAL, length_from_speed, measured_again, probe_done, total_images
 from .checkpoint import check_same_shape, checkpoint_dir, load_checkpoint, prune, save_checkpoint
 from .ema import ema_decay, make_ema, update_ema_if
 from .lr import learning_rate
@@ -97,6 +97,7 @@ class Trainer:
         self.global_batch = self.micro * self.world * recipe.train.grad_accum
         self.total = total_images(recipe, self.global_batch)
         self.budget_s = parse_duration(recipe.train.time) if recipe.train.time is not None else None
+        self.provisional = False  # a time budget's length, to be measured again at the warm-up's end
         self.seconds_before = 0.0  # wall clock of earlier sessions of this run (resume)
         self.best_kid: float | None = None
         self.memorised_warned = False
@@ -147,7 +148,8 @@ class Trainer:
         }
 
     def measured_total(self) -> bool:
-        return self.budget_s is not None and self.total is not None and self.total != PROBE_TOTAL
+        return (self.budget_s is not None and self.total is not None and self.total != PROBE_TOTAL
+                and not self.provisional)
 
     def save(self) -> Path:
         """All ranks call this; rank 0 writes, then everyone waits (no deadlock)."""
@@ -342,23 +344,29 @@ class Trainer:
         return int(broadcast(torch.tensor([value], device=self.acc.device, dtype=torch.int64))[0])
 
     # ------------------------------------------------------------ time budget
-    def fix_length(self, probe: tuple[float, int, int]) -> bool:
-        """While measuring a time budget's speed: True once the run's length is fixed.
+    def fix_length(self, probe: tuple[float, int, int], again: bool = False) -> bool:
+        """While measuring a time budget's speed: True once the run's length is set.
 
         The speed is measured from the end of the run's first step (which pays for
         warm-up) over time_probe_steps steps, or over the first minute (at most a
         tenth of the budget); the rest of the budget at that speed, in whole global
-        batches, is the run's length."""
+        batches, is the run's length. If the LR warm-up is still running, that length
+        is provisional (not recorded in checkpoints) and `again=True` at the warm-up's
+        end measures it once more, from the same start, over the whole warm-up."""
         t1, img1, step1 = probe
         now = time.perf_counter()
-        done = probe_done(now - t1, self.clock.step - step1, self.r.train.time_probe_steps, self.budget_s)
+        done = again or probe_done(now - t1, self.clock.step - step1, self.r.train.time_probe_steps, self.budget_s)
         if not self.from_main(int(done)):
             return False
         ips = (self.clock.images_seen - img1) / max(1e-9, now - t1)
         left = self.budget_s - (self.seconds_before + now - self.born)
         self.total = self.from_main(length_from_speed(self.clock.images_seen, ips, left, self.global_batch))
-        log.info("train.time %s: %.1f images/s; the run's length is fixed at %d images (%d steps)",
-                 self.r.train.time, ips, self.total, self.total // self.global_batch)
+        self.provisional = not again and measured_again(self.clock.images_seen, self.total,
+                                                        self.r.optim.warmup_images)
+        log.info("train.time %s: %.1f images/s%s; the run's length is %s %d images (%d steps)%s",
+                 self.r.train.time, ips, " over the LR warm-up" if again else "",
+                 "for now" if self.provisional else "fixed at", self.total, self.total // self.global_batch,
+                 "; measured again at the warm-up's end" if self.provisional else "")
         return True
 
     # ------------------------------------------------------------ evaluation
@@ -408,9 +416,12 @@ class Trainer:
                     probe = (time.perf_counter(), self.clock.images_seen, step)
                 elif self.fix_length(probe):
                     measuring = False
-                    total_steps = self.total // self.global_batch
-                    bar.total = total_steps
-                    bar.refresh()
+            elif self.provisional and self.clock.images_seen >= r.optim.warmup_images:
+                self.fix_length(probe, again=True)  # before the first step whose LR depends on the length
+            if probe is not None and total_steps != self.total // self.global_batch:
+                total_steps = self.total // self.global_batch
+                bar.total = total_steps
+                bar.refresh()
             if self.posthoc and r.ema.snapshot_every_images and acc.is_main_process:
                 every = r.ema.snapshot_every_images
                 if self.clock.images_seen // every > (self.clock.images_seen - self.global_batch) // every:

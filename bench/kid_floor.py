@@ -52,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     extractor = InceptionFeatures()
     real, feats = real_images_and_features(args, extractor)
 
-    def row(name: str, reference: torch.Tensor, images01: torch.Tensor) -> None:
-        mean, std = kid(reference, extractor(as_uint8(images01.clamp(0, 1))), seed=args.seed)
-        print(f"| {name} | {images01.shape[0]} | {reference.shape[0]} | {1e3 * mean:.1f} ± {1e3 * std:.1f} |",
+    def enlarge(images01: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(images01, size=args.size, mode="bilinear", align_corners=False)
+
+    def row(name: str, reference: torch.Tensor, images01: torch.Tensor | None = None,
+            features: torch.Tensor | None = None) -> None:
+        """One table row: KID of images (or of their precomputed features) against reference."""
+        if features is None:
+            features = extractor(as_uint8(images01.clamp(0, 1)))
+        mean, std = kid(reference, features, seed=args.seed)
+        print(f"| {name} | {features.shape[0]} | {reference.shape[0]} | {1e3 * mean:.1f} ± {1e3 * std:.1f} |",
               flush=True)
 
     print("| images | n | reference images | KID x1e3 (± std) |\n|---|---:|---:|---:|", flush=True)
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if fake.shape[-1] != args.size:
             # A lower-resolution model's samples, enlarged as the floor's held-out images are.
             name = f"{name} ({fake.shape[-1]} px enlarged, bilinear)"
-            fake = F.interpolate(fake, size=args.size, mode="bilinear", align_corners=False)
+            fake = enlarge(fake)
         row(f"{name} as drawn", feats, fake)
         for chain in args.post:
             row(f"{name}, {chain}", feats, postprocess(fake, chain))
@@ -76,14 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--held must be in 1..{real.shape[0] - 1} for {real.shape[0]} images, got {args.held}")
     order = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(args.seed))
     held, rest = order[: args.held], order[args.held:]
-    held01 = real[held].float() / 255
     # The held-out images' features are already in the cache: no Inception pass needed.
-    mean, std = kid(feats[rest], feats[held], seed=args.seed)
-    print(f"| held out, as they are | {args.held} | {rest.numel()} | {1e3 * mean:.1f} ± {1e3 * std:.1f} |", flush=True)
+    row("held out, as they are", feats[rest], features=feats[held])
+    held01 = real[held].float() / 255
     for size in args.down:
-        small = F.interpolate(held01, size=size, mode="area")
         row(f"held out, {size} px enlarged (bilinear)", feats[rest],
-            F.interpolate(small, size=args.size, mode="bilinear", align_corners=False))
+            enlarge(F.interpolate(held01, size=size, mode="area")))
     return 0
 
 

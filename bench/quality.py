@@ -4,8 +4,9 @@ Trains a recipe (default: recipes/demo.yaml, the tiny preset) on a benchmark fol
 (default: the 904 Wesnoth unit sprites, ../shared/data/wesnoth-units-64 beside the
 checkout, read in place) for --minutes of wall clock (train.time: the trainer measures its
 speed over the first minute, and again over the LR warm-up if that is longer, and fixes the
-run's length so that the LR schedule and EMA span the budget), samples --samples images from the EMA weights and scores them against the
-training images at the training size. Prints a table and writes JSON.
+run's length so that the LR schedule and EMA span the budget), samples --samples images
+from the EMA weights and scores them against the training images at the training size.
+Prints a table and writes JSON.
 
     .venv/bin/python bench/quality.py --minutes 5 --samples 500 --set optim.lr=1e-3
     .venv/bin/python bench/quality.py --grid --minutes 4 --samples 200

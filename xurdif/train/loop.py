@@ -369,6 +369,12 @@ class Trainer:
                  "; measured again at the warm-up's end" if self.provisional else "")
         return True
 
+    def length_to_bar(self, bar: tqdm) -> int:
+        """The run's length in steps, just measured, shown on the progress bar."""
+        bar.total = self.total // self.global_batch
+        bar.refresh()
+        return bar.total
+
     # ------------------------------------------------------------ evaluation
     def judge(self, scores: dict[str, float], step: int) -> bool:
         """Keep model-best.safetensors; True when memorisation is over eval.memorised_max."""
@@ -416,12 +422,10 @@ class Trainer:
                     probe = (time.perf_counter(), self.clock.images_seen, step)
                 elif self.fix_length(probe):
                     measuring = False
+                    total_steps = self.length_to_bar(bar)
             elif self.provisional and self.clock.images_seen >= r.optim.warmup_images:
                 self.fix_length(probe, again=True)  # before the first step whose LR depends on the length
-            if probe is not None and total_steps != self.total // self.global_batch:
-                total_steps = self.total // self.global_batch
-                bar.total = total_steps
-                bar.refresh()
+                total_steps = self.length_to_bar(bar)
             if self.posthoc and r.ema.snapshot_every_images and acc.is_main_process:
                 every = r.ema.snapshot_every_images
                 if self.clock.images_seen // every > (self.clock.images_seen - self.global_batch) // every:

@@ -15,9 +15,10 @@ from PIL import Image
 
 from xurdif.evaluate import (EvaluateError, InceptionFeatures, evaluate_images, fid,
                              folder_features, kid, list_images, load_folder, memorisation,
-                             memorisation_picture, pixel_memorisation, swd)
+                             memorisation_picture, pixel_memorisation, robust_memorisation, swd)
 from xurdif.evaluate.cache import cache_path, cached_features
 from xurdif.evaluate.cli import main
+from xurdif.evaluate.memorisation import shifted_distances
 from xurdif.evaluate.swd import _pyr_up, laplacian_pyramid
 
 FIXTURE = Path(__file__).parent / "fixtures" / "emoji-faces-32"
@@ -142,6 +143,57 @@ def test_memorisation_copies_noise_and_flips(real, noise, halves):
     assert (rows[flipped.nearest_row].flip(-1) * 255).round().to(torch.uint8).equal(real)
 
 
+def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Moved by (dx, dy) px, the uncovered border white (the fixture's background)."""
+    out = torch.full_like(images, 255)
+    h, w = images.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_robust_memorisation_flags_shifted_flipped_and_recoloured_copies_not_new_images(real):
+    """The issue's user test at 32 px: 24 images trained on, 8 of the same kind held out."""
+    import kornia
+
+    train, new = real[:24], real[24:]
+    shift3 = torch.cat([shifted(train[i:i + 1], dx, dy) for i, (dx, dy) in
+                        enumerate([(3, 0), (0, -3), (-3, 3), (2, -2), (3, 3), (-2, 0)])])
+    flip_shift = torch.cat([shifted(train[6 + i:7 + i].flip(-1), dx, dy) for i, (dx, dy) in
+                            enumerate([(2, 0), (-3, 2), (0, 3), (2, 2), (-2, -3), (3, -1)])])
+    hue = torch.tensor([1.0, 1.6, 2.2, -1.0, -1.6, -2.2])  # radians
+    recoloured = kornia.enhance.adjust_hue(train[12:18].float() / 255, hue)
+    recoloured = (kornia.enhance.adjust_saturation(recoloured, 0.7) * 255).round().to(torch.uint8)
+    for copies, first in ((shift3, 0), (flip_shift, 6), (recoloured, 12)):
+        result, rows = robust_memorisation(copies, train)
+        assert result.memorised.all(), result.ratio
+        assert result.nearest.tolist() == list(range(first, first + 6))
+    assert (robust_memorisation(flip_shift, train)[0].nearest_row >= 24).all()  # matched mirrored
+    assert (robust_memorisation(shift3, train)[0].nearest_row < 24).all()
+    assert robust_memorisation(new, train)[0].fraction == 0.0
+    assert robust_memorisation(real[:2].float() / 255 * 0 + 0.5, train)[0].fraction == 0.0  # flat grey
+    # Plain pixel L2, the earlier detector, lets every shifted copy through.
+    assert pixel_memorisation(shift3, train)[0].fraction == 0.0
+    assert pixel_memorisation(flip_shift, train)[0].fraction == 0.0
+
+
+def test_shifted_distances_equal_the_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    samples, train = torch.randn(3, 1, 10, 12, generator=g), torch.randn(4, 1, 10, 12, generator=g)
+    dist, mirrored = shifted_distances(samples, train, margin=2)
+    direct = torch.full((3, 4), float("inf"))
+    for s in range(3):
+        for t in range(4):
+            for ref in (train[t], train[t].flip(-1)):
+                centre = ref[:, 2:8, 2:10]
+                for dy in range(5):
+                    for dx in range(5):
+                        d = (samples[s, :, dy:dy + 6, dx:dx + 8] - centre).norm()
+                        direct[s, t] = min(direct[s, t], d)
+    torch.testing.assert_close(dist, direct, rtol=1e-4, atol=1e-4)
+    assert mirrored.dtype == torch.bool and mirrored.shape == (3, 4)
+
+
 def test_memorisation_in_feature_space(real_feats, noise_feats):
     assert memorisation(real_feats, real_feats).fraction == 1.0
     assert memorisation(noise_feats, real_feats).fraction == 0.0
@@ -248,6 +300,12 @@ def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys
     assert set(report["swd_x1e3"]["levels"]) == {"32", "16"}
     assert "FID" in table and f"{report['fid']:.3f}" in table
     assert "2 / 4 = 50.0 %" in table and "SWD x1e3 16 px" in table
+    # Each sample named with its nearest training file and the verdict.
+    verdicts = report["samples"]
+    assert [(v["file"], v["copy"], v["nearest"], v["mirrored"]) for v in verdicts[:2]] == [
+        (pngs[2], True, pngs[2], False), ("mirrored.png", True, pngs[5], True)]
+    assert [v["copy"] for v in verdicts[2:]] == [False, False]
+    assert f"copies (2): {pngs[2]} ~ {pngs[2]}, mirrored.png ~ {pngs[5]}" in table
     with Image.open(tmp_path / "fake-eval-memorisation.png") as picture:
         assert picture.size == (3 * 68, 4 * 68)
 
@@ -257,6 +315,32 @@ def test_cli_writes_json_picture_and_table_and_reuses_the_cache(tmp_path, capsys
     assert again["feature_cache_hit"] is True
     assert Path(report["feature_cache"]).stat().st_mtime_ns == cache_mtime
     assert again["fid"] == pytest.approx(report["fid"], rel=1e-9)
+
+
+def test_cli_scores_against_held_out_images_and_checks_copies_against_training(tmp_path, capsys):
+    pngs = sorted(p.name for p in FIXTURE.glob("*.png"))
+    train = copy_images(pngs[:20], tmp_path / "train")
+    heldout = copy_images(pngs[20:], tmp_path / "heldout")
+    fake = copy_images(pngs[24:28], tmp_path / "fake")  # new images of the kind: the held-out ones ...
+    moved = shifted(load_folder(FIXTURE)[3:4], 3, -2)[0]  # ... and a training image moved by 3 px
+    Image.fromarray(moved.permute(1, 2, 0).numpy()).save(fake / "moved.png")
+    assert main(["--real", str(train), "--heldout", str(heldout), "--fake", str(fake), "--no-cache",
+                 "--kid-subsets", "10"]) == 0
+    report = json.loads((tmp_path / "fake-eval.json").read_text())
+    assert report["scored_against"] == "heldout" and report["real_images"] == 12 and report["train_images"] == 20
+    assert report["heldout_files"] == pngs[20:]
+    assert [(v["file"], v["copy"]) for v in report["samples"]] == [
+        (pngs[24], False), (pngs[25], False), (pngs[26], False), (pngs[27], False), ("moved.png", True)]
+    assert report["samples"][-1]["nearest"] == pngs[3]
+    assert report["memorisation"]["pixel_l2"]["count"] == 0  # plain L2 misses the moved copy
+    table = capsys.readouterr().out
+    assert "1 / 5 = 20.0 %" in table and "by plain pixel L2 alone" in table
+    # Four of the five samples are held-out images: KID is lower against them than against training.
+    assert main(["--real", str(train), "--fake", str(fake), "--no-cache", "--kid-subsets", "10",
+                 "--json", str(tmp_path / "vs-train.json")]) == 0
+    vs_train = json.loads((tmp_path / "vs-train.json").read_text())
+    assert vs_train["scored_against"] == "training images"
+    assert report["kid"]["mean"] < vs_train["kid"]["mean"]
 
 
 def test_cli_samples_a_model_then_scores_it(tmp_path, capsys):

@@ -88,6 +88,34 @@ def test_bad_time_budget_is_one_line(tmp_path, text):
     assert problems(p) == [msg]
 
 
+def test_held_out_images_need_an_evaluation_and_one_source(tmp_path):
+    p = write(tmp_path, "h.yaml", MINIMAL)
+    assert problems(p, ["eval.holdout=0.1"]) == [
+        f"{p}: eval.holdout: only the in-training evaluation uses held-out images; turn it on with "
+        "eval.time_share (e.g. 0.03) or eval.kid_every_steps, or remove the key"]
+    assert problems(p, ["eval.holdout=0.1", "eval.holdout_path=x", "eval.time_share=0.03"]) == [
+        f"{p}: eval.holdout_path: set eval.holdout or eval.holdout_path, not both"]
+    shards = write(tmp_path, "s.yaml", "data: {source: shards, shards: a.tar}\ntrain: {images: 100}\n")
+    assert problems(shards, ["eval.holdout=0.1", "eval.time_share=0.03"]) == [
+        f"{shards}: eval.holdout: shards cannot set images aside; give a folder of held-out images as "
+        "eval.holdout_path"]
+    assert problems(p, ["eval.holdout=0.9", "eval.time_share=0.03"]) == [
+        f"{p}: eval.holdout: 0.9 is out of range; allowed 0.0 to 0.5"]
+    r = load_recipe(p, ["eval.holdout=0.1", "eval.time_share=0.03"])
+    assert r.eval.holdout == 0.1 and r.eval.time_share == 0.03
+
+
+def test_holdout_too_small_is_a_data_error():
+    from xurdif.data import DataError, open_dataset
+    from xurdif.data.holdout import set_aside
+    from xurdif.recipe import DataCfg
+
+    data = open_dataset(DataCfg(path="tests/fixtures/emoji-faces-32", size=16))
+    with pytest.raises(DataError, match=r"^eval.holdout: 0.1 of 32 images is 3; hold out at least 8"):
+        set_aside(data, 0.1)
+    assert len(data) == 32  # nothing taken out
+
+
 def test_base_inheritance_and_overrides(tmp_path):
     write(tmp_path, "base.yaml", MINIMAL + "model: {preset: tiny}\noptim: {lr: 0.01}\n")
     child = write(tmp_path, "child.yaml", "base: base.yaml\noptim: {warmup_images: 50}\n")

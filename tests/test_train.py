@@ -86,7 +86,7 @@ def test_in_training_kid_beats_noise(trained):
     logged = scalars(trained).Scalars("eval/kid")[0].value
     recipe = load_recipe(trained / "recipe.yaml")
     monitor = KidMonitor(recipe, open_dataset(recipe.data), torch.device("cpu"))
-    real_feats = monitor.extractor(monitor._real_images())
+    real_feats = monitor.extractor(monitor._train_images())
     noise = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     noise_kid, _ = kid(real_feats, monitor.extractor(noise))
     assert 0 < logged < noise_kid, (logged, noise_kid)

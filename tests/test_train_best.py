@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+import numpy as np
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from xurdif.train import loop
@@ -19,21 +21,33 @@ SCRIPT = [(0.5, 0.0), (0.3, 0.04), (0.1, 0.2), (0.2, 0.3)]
 WARNING = "of samples copy a training image, over eval.memorised_max"
 
 
+class Script(list):
+    """The KIDs the fake monitor returned, in order; .seen: what the trainer gave it."""
+
+
 @pytest.fixture
 def scripted(monkeypatch):
-    calls = []
+    scripted = Script()
+    calls = scripted
+    seen = {}
 
     class FakeMonitor:
-        def __init__(self, recipe, data, device):
-            pass
+        seconds = 0.0
+
+        def __init__(self, recipe, data, device, heldout):
+            seen.update(train_names=data.names(), heldout=heldout)
+            self.picture = torch.full((3, 4, 8), len(calls), dtype=torch.uint8)  # which evaluation drew it
 
         def __call__(self, ema, schedule, meta):
             kid, memo = SCRIPT[len(calls)]
             calls.append(kid)
+            self.picture = torch.full((3, 4, 8), len(calls), dtype=torch.uint8)
             return {"kid": kid, "kid_std": 0.01, "memorised": memo}
 
     monkeypatch.setattr(loop, "KidMonitor", FakeMonitor)
-    return calls
+    scripted.seen = seen
+    scripted.monitor = FakeMonitor
+    return scripted
 
 
 def train(out, *extra):
@@ -60,6 +74,14 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
     assert [e.step for e in ea.Tensors("eval/warning/text_summary")] == [6]
     state = json.loads((out / "checkpoints" / "step-0000008" / "state.json").read_text())
     assert state["best_kid"] == 0.3 and state["memorised_warned"] is True
+    # When copying began: the first evaluation with any copy (step 4, 4 %), in the log and the state.
+    assert state["first_copy_step"] == 4
+    assert [e.step for e in ea.Tensors("eval/first_copy/text_summary")] == [4]
+    # The closest pairs of the best (the 2nd evaluation) and of the last (the 4th) model.
+    best_pairs = torch.from_numpy(np.array(Image.open(out / "eval" / "closest-best.png")))
+    last_pairs = torch.from_numpy(np.array(Image.open(out / "eval" / "closest-last.png")))
+    assert best_pairs.unique().tolist() == [2] and last_pairs.unique().tolist() == [4]
+    assert [e.step for e in ea.Scalars("eval/time_share")] == [2, 4, 6, 8]
 
 
 def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
@@ -74,3 +96,34 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
                           f"stopped at step 6: checkpoint saved in {out / 'checkpoints' / 'step-0000006'}"]
     assert (out / "model.safetensors").is_file()
     assert read_meta(out / "model-best.safetensors").extra["best"]["step"] == 4
+
+
+def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, monkeypatch):
+    """eval.time_share: the next evaluation waits until training has run cost * (1 - share) / share."""
+    monkeypatch.setattr(loop, "FIRST_EVAL_AFTER_S", 0.0)
+    common = ["optim.warmup_images=0", "eval.kid_every_steps=0", "eval.time_share=0.5"]
+    scripted.monitor.seconds = 0.0  # free: every log step (5 of 8 steps) is due
+    assert train(tmp_path / "free", *common) == 0
+    assert len(scripted) == 2  # both log steps, 5 and 8
+    scripted.clear()
+    scripted.monitor.seconds = 1e6  # dear: after the first, none is due within the run
+    assert train(tmp_path / "dear", *common, "train.steps=20") == 0
+    assert len(scripted) == 1
+
+
+def test_holdout_is_never_trained_on_and_listed(tmp_path, scripted):
+    import hashlib
+
+    out = tmp_path / "run"
+    assert train(out, "eval.holdout=0.25") == 0
+    fixture = ROOT / "tests" / "fixtures" / "emoji-faces-32"
+    files = sorted(p.name for p in fixture.iterdir() if p.suffix == ".png")
+    expected = sorted(sorted(files, key=lambda n: hashlib.sha256(n.encode()).hexdigest())[:8])
+    held = scripted.seen["heldout"]
+    assert [Path(n).name for n in held.names] == expected
+    assert held.images.shape == (8, 3, 16, 16) and held.images.dtype == torch.uint8
+    trained_on = [Path(n).name for n in scripted.seen["train_names"]]
+    assert len(trained_on) == 24 and not set(trained_on) & set(expected)
+    listed = (out / "heldout.txt").read_text().splitlines()
+    assert listed[0].startswith("# 8 images held out from training (0.25 of ")
+    assert [Path(n).name for n in listed[1:]] == expected

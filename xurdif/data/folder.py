@@ -21,9 +21,12 @@ def scan_folder(folder: Path, key: str = "data.path") -> list[Path]:
 
 
 class FolderImages(IndexedImages):
-    def __init__(self, cfg: DataCfg, folder: Path, rank: int = 0):
+    def __init__(self, cfg: DataCfg, folder: Path, rank: int = 0, key: str = "data.path"):
         self.folder = folder
-        super().__init__(cfg, scan_folder(folder), display_path(folder), rank)
+        super().__init__(cfg, scan_folder(folder, key), display_path(folder), rank)
+
+    def _key(self, ref: Path) -> str:
+        return ref.relative_to(self.folder).as_posix()
 
     def _raw(self, ref: Path) -> ImageSource:
         return ref

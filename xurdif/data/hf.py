@@ -137,6 +137,9 @@ class HFImages(IndexedImages):
     def _name(self, ref: int) -> str:
         return f"{self.origin}[{ref}]"
 
+    def _key(self, ref: int) -> str:
+        return f"row {int(ref)}"
+
 
 def open_hf(cfg: DataCfg, base_dir: str | os.PathLike | None = None, rank: int = 0) -> HFImages:
     table, origin = _load(cfg, base_dir)

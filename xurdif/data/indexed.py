@@ -46,6 +46,10 @@ class IndexedImages:
     def _name(self, ref: Any) -> str:
         raise NotImplementedError
 
+    def _key(self, ref: Any) -> str:
+        """A name independent of the working directory (held-out images are chosen by it)."""
+        return self._name(ref)
+
     # ---- building
     def _skip(self, ref: Any, reason: str) -> None:
         name = self._name(ref)
@@ -86,6 +90,16 @@ class IndexedImages:
 
     def names(self) -> list[str]:
         return [self._name(r) for r in self._refs]
+
+    def keys(self) -> list[str]:
+        return [self._key(r) for r in self._refs]
+
+    def keep_only(self, indices: Sequence[int]) -> None:
+        """Drop every image but these (eval.holdout sets the others aside before training)."""
+        self._refs = [self._refs[i] for i in indices]
+        if self._cache is not None:
+            self._cache = [self._cache[i] for i in indices]
+        self._bad_later = set()
 
     def image(self, index: int) -> torch.Tensor:
         """The decoded uint8 [3, h, w] image (short side == size) before crop and flip."""

@@ -11,7 +11,8 @@ from .fid import fid
 from .images import EvaluateError, list_images, load_folder, load_images, load_samples
 from .inception import InceptionFeatures
 from .kid import kid
-from .memorisation import Memorisation, memorisation, memorisation_picture, pixel_memorisation
+from .memorisation import (Memorisation, memorisation, memorisation_picture, pixel_memorisation,
+                           robust_memorisation)
 from .suite import evaluate_images, format_table
 from .swd import swd
 
@@ -19,5 +20,5 @@ __all__ = [
     "EvaluateError", "InceptionFeatures", "Memorisation", "evaluate_images", "fid", "folder_features",
     "format_table", "kid", "list_images", "load_folder", "load_images", "load_samples", "memorisation",
     "memorisation_picture",
-    "pixel_memorisation", "swd",
+    "pixel_memorisation", "robust_memorisation", "swd",
 ]

@@ -21,17 +21,27 @@ from .suite import MEMORISATION_SPACE, evaluate_images, format_table, memorisati
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/evaluate.py",
-        description="Score generated images against the training images: FID and KID on "
-                    "Inception-v3 features, ProGAN's multi-scale sliced Wasserstein distance "
-                    "(x1e3, per pyramid level and mean), and memorisation (share of samples "
-                    "whose nearest training image is closer than 1/3 of the second nearest, "
-                    f"in {MEMORISATION_SPACE}). Prints a table and writes a JSON report and a "
-                    "PNG of the most memorised samples beside their nearest training images.",
+        description="Score generated images: FID and KID on Inception-v3 features, ProGAN's "
+                    "multi-scale sliced Wasserstein distance (x1e3, per pyramid level and mean) "
+                    "against held-out images (--heldout) or else the training images, and "
+                    "memorisation against the training images (share of samples whose nearest "
+                    "training image is closer than 1/3 of the second nearest, in "
+                    f"{MEMORISATION_SPACE}; plain pixel L2 beside it). Prints a table and writes a "
+                    "JSON report, which names each sample's nearest training image with the "
+                    "distances and the verdict, and a PNG of the most memorised samples beside "
+                    "their nearest training images.",
         epilog="Examples:\n  tools/evaluate.py --real data/emoji-smileys-64 --fake out/samples\n"
-               "  tools/evaluate.py --real data/emoji-smileys-64 --model runs/demo --samples 500",
+               "  tools/evaluate.py --real data/emoji-smileys-64 --model runs/demo --samples 500\n"
+               "  tools/evaluate.py --real train/ --heldout heldout/ --fake out/samples\n\n"
+               "Scores against the training images reward copies: a model that reproduces them\n"
+               "scores as well as the data. Keep some images of the same kind out of training\n"
+               "and pass them as --heldout.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", required=True, type=Path,
                         help="folder of training images (searched recursively; hidden folders skipped)")
+    parser.add_argument("--heldout", type=Path, default=None,
+                        help="folder of images of the same kind that were never trained on: FID, KID "
+                             "and SWD are measured against these instead of --real")
     parser.add_argument("--fake", type=Path, default=None,
                         help="folder of generated images (with --model: where the samples are written)")
     parser.add_argument("--model", type=Path, default=None,
@@ -85,6 +95,18 @@ def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int,
                 save_image(img, f, format="png")
 
 
+def sample_verdicts(report: dict, fake_files: list[str], real_files: list[str]) -> list[dict]:
+    """One entry per sample, naming its nearest training files: the user's list of copies."""
+    m = report["memorisation"]
+    n_train = len(real_files)
+    return [{"file": name, "copy": ratio < m["threshold"], "nearest": real_files[nearest],
+             "mirrored": row >= n_train, "second": real_files[second], "ratio": ratio, "distance": distance,
+             "pixel_l2_ratio": pixel}
+            for name, ratio, nearest, row, second, distance, pixel in zip(
+                fake_files, m["ratio"], m["nearest"], m["nearest_row"], m["second"], m["distance"],
+                m["pixel_l2"]["ratio"])]
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.model is None and args.fake is None:
         raise EvaluateError("give --fake FOLDER or --model MODEL (with --samples N)")
@@ -96,30 +118,42 @@ def run(args: argparse.Namespace) -> dict:
     real_paths, fake_paths = list_images(args.real), list_images(args.fake)
     fake, fake_paths = load_samples(fake_paths)  # odd-sized files are left out with a warning
     view = (int(fake.shape[-2]), int(fake.shape[-1]))
-    real, real_paths = load_samples(real_paths, view)  # as training saw them, at the samples' size
+    train, real_paths = load_samples(real_paths, view)  # as training saw them, at the samples' size
+    reference, reference_paths = train, real_paths
+    if args.heldout is not None:
+        reference, reference_paths = load_samples(list_images(args.heldout), view)
     extractor = InceptionFeatures(device=args.device, batch_size=args.batch_size, progress=True)
     if args.no_cache:
         real_features, cache_file, hit = None, None, False
     else:
-        real_features, cache_file, hit = folder_features(args.real, extractor, args.cache_dir, real, view)
-    report = evaluate_images(real, fake, extractor=extractor, real_features=real_features,
-                             kid_subsets=args.kid_subsets, seed=args.seed)
+        real_features, cache_file, hit = folder_features(args.heldout or args.real, extractor, args.cache_dir,
+                                                         reference, view)
+    report = evaluate_images(reference, fake, extractor=extractor, real_features=real_features,
+                             kid_subsets=args.kid_subsets, seed=args.seed, train_images=train)
     json_path = args.json or default_json_path(args.fake)
     picture_path = args.picture or json_path.with_name(json_path.stem + "-memorisation.png")
+    fake_files = [p.relative_to(args.fake).as_posix() for p in fake_paths]
+    real_files = [p.relative_to(args.real).as_posix() for p in real_paths]
     report = {
-        "real": str(args.real), "fake": str(args.fake),
-        "fake_files": [p.relative_to(args.fake).as_posix() for p in fake_paths],
-        "real_files": [p.relative_to(args.real).as_posix() for p in real_paths],
+        "real": str(args.real), "heldout": str(args.heldout) if args.heldout else None, "fake": str(args.fake),
+        "scored_against": "heldout" if args.heldout else "training images",
+        "fake_files": fake_files, "real_files": real_files,
+        "heldout_files": ([p.relative_to(args.heldout).as_posix() for p in reference_paths]
+                          if args.heldout else None),
         "feature_cache": str(cache_file) if cache_file else None, "feature_cache_hit": hit,
         "picture": str(picture_path), **report,
     }
-    rows = memorisation_picture(fake, reference_rows(real), memorisation_details(report), count=args.show)
+    report["samples"] = sample_verdicts(report, fake_files, real_files)
+    rows = memorisation_picture(fake, reference_rows(train), memorisation_details(report), count=args.show)
     picture = np.ascontiguousarray(rows.permute(1, 2, 0).numpy())
     picture_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(picture_path)
     with atomic_write(json_path) as f:
         f.write((json.dumps(report, indent=1) + "\n").encode())
     print(format_table(report))
+    copies = [f"{v['file']} ~ {v['nearest']}" for v in report["samples"] if v["copy"]]
+    if copies:
+        print(f"copies ({len(copies)}): " + ", ".join(copies[:10]) + (" ..." if len(copies) > 10 else ""))
     print(f"report: {json_path}\nmemorisation picture: {picture_path}")
     return report
 

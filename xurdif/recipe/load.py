@@ -136,6 +136,15 @@ def _check_consistency(r: Recipe, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: loss: every term weight is 0; give one of {', '.join(terms)} a weight > 0")
     if r.loss.ms_ssim > 0 and r.data.size < 161:
         problems.append(f"{where}: loss.ms_ssim: needs data.size >= 161 (five scales), got {r.data.size}; use loss.ssim")
+    if r.eval.holdout and r.eval.holdout_path:
+        problems.append(f"{where}: eval.holdout_path: set eval.holdout or eval.holdout_path, not both")
+    if r.eval.holdout and r.data.source == "shards":
+        problems.append(f"{where}: eval.holdout: shards cannot set images aside; give a folder of held-out "
+                        "images as eval.holdout_path")
+    if (r.eval.holdout or r.eval.holdout_path) and not (r.eval.kid_every_steps or r.eval.time_share):
+        key = "holdout" if r.eval.holdout else "holdout_path"
+        problems.append(f"{where}: eval.{key}: only the in-training evaluation uses held-out images; turn it "
+                        "on with eval.time_share (e.g. 0.03) or eval.kid_every_steps, or remove the key")
     if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
         problems.append(f"{where}: optim.betas: expected two numbers in [0, 1), got {r.optim.betas}")
 

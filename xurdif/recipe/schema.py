@@ -167,7 +167,14 @@ class EvalCfg:
     kid_every_steps: int = opt(0, min=0, doc="in-training KID of EMA samples every N steps (0 = off)")
     kid_samples: int = opt(64, min=8, max=10000, doc="EMA samples per KID measurement (bounds its cost)")
     kid_steps: int = opt(20, min=1, max=1000, doc="sampler steps for those samples")
-    real_images: int = opt(1000, min=8, doc="training images the samples are compared with")
+    time_share: float = opt(0.0, min=0.0, max=0.5, doc="evaluate as often as keeps evaluation under this share "
+                            "of the run's time (e.g. 0.03), measured as it runs; 0 = only every kid_every_steps")
+    real_images: int = opt(1000, min=8, doc="training images the samples are checked for copies against "
+                           "(and KID's reference when nothing is held out)")
+    holdout: float = opt(0.0, min=0.0, max=0.5, doc="share of the images set aside, never trained on, for KID "
+                         "(folder and hf sources; chosen by a hash of each file's path, so stable)")
+    holdout_path: str = opt("", doc="a folder of images of the same kind never trained on, for KID "
+                            "(instead of holdout; any source)")
     memorised_max: float = opt(0.05, min=0.0, max=1.0, doc="model-best.safetensors only from measurements "
                                "whose memorised share is below this; above it, warn once")
     stop_on_memorised: bool = opt(False, doc="end the run (checkpoint saved) once memorisation exceeds "

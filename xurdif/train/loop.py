@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from ..data import open_dataset
+from ..data.holdout import held_out
 from ..diffusion import prediction as P
 from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import make_schedule
@@ -25,7 +26,7 @@ from .checkpoint import check_same_shape, checkpoint_dir, load_checkpoint, prune
 from .ema import ema_decay, make_ema, update_ema_if
 from .lr import learning_rate
 from .nonfinite import NonFiniteCounter
-from .monitor import KidMonitor
+from .monitor import FIRST_EVAL_AFTER_S, KidMonitor
 from ..data.augment import to_model_range
 from .feed import Layout, open_feed
 from .network import build_for_recipe, compile_network, configure_backends, speed_layout
@@ -73,6 +74,9 @@ class Trainer:
         self.out = outputs
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.data = open_dataset(recipe.data, self.rank, self.world)
+        self.heldout = held_out(recipe, self.data)  # taken out of self.data before anything is trained
+        if self.heldout is not None and accelerator.is_main_process:
+            outputs.write_heldout(self.heldout)
         torch.manual_seed(derive_seed(recipe.train.seed, "init"))  # same initial weights on every rank and run
         net, self.meta = build_for_recipe(recipe)
         configure_backends(recipe.train, accelerator.device)
@@ -101,6 +105,9 @@ class Trainer:
         self.seconds_before = 0.0  # wall clock of earlier sessions of this run (resume)
         self.best_kid: float | None = None
         self.memorised_warned = False
+        self.first_copy_step: int | None = None  # first evaluation with a sample that copies
+        self.eval_seconds = 0.0  # this session's evaluations, for the measured time share
+        self.eval_ended = None  # perf_counter when the last evaluation ended
         self.clock = Clock()
         self._nf_checked_at = 0
         self._reset_nonfinite()
@@ -142,6 +149,7 @@ class Trainer:
             "world_size": self.world, "recipe_hash": recipe_hash(self.r), "nonfinite_total": c.nonfinite_total,
             "seconds": round(self.seconds_before + time.perf_counter() - self.born, 3),
             "best_kid": self.best_kid, "memorised_warned": self.memorised_warned,
+            "first_copy_step": self.first_copy_step,
             # A time budget's length, fixed once from the measured speed: a resume keeps it.
             "time_budget_s": self.budget_s, "total_images": self.total if self.measured_total() else None,
             "noise_draws": draws.VERSION,
@@ -212,6 +220,7 @@ class Trainer:
         self.clock = Clock(step=s["step"], images_seen=s["images_seen"], nonfinite_total=s.get("nonfinite_total", 0))
         self.seconds_before = s.get("seconds", 0.0)
         self.best_kid, self.memorised_warned = s.get("best_kid"), s.get("memorised_warned", False)
+        self.first_copy_step = s.get("first_copy_step")
         if self.budget_s is not None and s.get("total_images") is not None:
             if s.get("time_budget_s") == self.budget_s:
                 self.total = s["total_images"]  # the recorded length, not a new measurement: resume stays exact
@@ -376,10 +385,48 @@ class Trainer:
         return bar.total
 
     # ------------------------------------------------------------ evaluation
+    def eval_due(self, step: int, log_step: bool) -> bool:
+        """Every eval.kid_every_steps steps, and with eval.time_share at the log step where the
+        time trained since the last evaluation reaches what it took times (1 - share) / share.
+        Rank 0's clock decides for every rank."""
+        e = self.r.eval
+        if e.kid_every_steps and step % e.kid_every_steps == 0:
+            return True
+        if not (e.time_share and log_step):
+            return False
+        due = False
+        if self.acc.is_main_process:
+            now = time.perf_counter()
+            if self.eval_ended is None:  # the first: once the LR warm-up is over and a minute trained
+                due = (self.clock.images_seen >= self.r.optim.warmup_images
+                       and now - self.born >= FIRST_EVAL_AFTER_S)
+            else:
+                due = now - self.eval_ended >= self.kid.seconds * (1 - e.time_share) / e.time_share
+        return self.any_rank(due)
+
+    def evaluate(self, step: int) -> bool:
+        """Main process: measure, log, judge; True when memorisation is over eval.memorised_max."""
+        started = time.perf_counter()
+        self.kid = self.kid or KidMonitor(self.r, self.data, self.acc.device, self.heldout)
+        scores = self.kid(self.ema, self.schedule, self.meta)
+        self.eval_ended = time.perf_counter()
+        self.eval_seconds += self.eval_ended - started
+        # What evaluating costs, in the log beside the scores (not in model-best's metadata).
+        share = self.eval_seconds / max(1e-9, self.eval_ended - self.born)
+        self.out.log_eval({**scores, "seconds": self.kid.seconds, "time_share": share}, step)
+        self.out.write_closest(self.kid.picture, "last")
+        return self.judge(scores, step)
+
     def judge(self, scores: dict[str, float], step: int) -> bool:
         """Keep model-best.safetensors; True when memorisation is over eval.memorised_max."""
         e = self.r.eval
         memo = scores["memorised"]
+        if memo > 0 and self.first_copy_step is None:
+            self.first_copy_step = step
+            msg = (f"step {step}: first sample that copies a training image ({memo:.1%} of "
+                   f"{e.kid_samples} samples; eval.memorised_max is {e.memorised_max:.1%})")
+            log.info(msg)
+            self.out.log_text("eval/first_copy", msg, step)
         if memo > e.memorised_max:
             if not self.memorised_warned:
                 self.memorised_warned = True
@@ -395,6 +442,8 @@ class Trainer:
             self.best_kid = scores["kid"]
             model = self.acc.unwrap_model(self.net).state_dict()
             self.out.export_best(self.meta, model, self.ema.state_dict(), step, scores)
+            if self.kid is not None and self.kid.picture is not None:
+                self.out.write_closest(self.kid.picture, "best")
         return False
 
     # ------------------------------------------------------------ the loop
@@ -446,12 +495,9 @@ class Trainer:
                 self.out.sample_grid(self.ema, self.schedule, self.meta, step)
                 acc.wait_for_everyone()
             memorising = False
-            if r.eval.kid_every_steps and step % r.eval.kid_every_steps == 0:
+            if self.eval_due(step, log_step):
                 if acc.is_main_process:
-                    self.kid = self.kid or KidMonitor(r, self.data, acc.device)
-                    scores = self.kid(self.ema, self.schedule, self.meta)
-                    self.out.log_eval(scores, step)
-                    memorising = self.judge(scores, step)
+                    memorising = self.evaluate(step)
                 acc.wait_for_everyone()
                 memorising = r.eval.stop_on_memorised and self.any_rank(memorising)
             if step % r.checkpoint.every_steps == 0 and step < total_steps:

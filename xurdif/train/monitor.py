@@ -1,7 +1,10 @@
-"""In-training KID of EMA samples against the training images, with the share of
-memorised samples beside it (a score against the training set means little without
-it). Runs on the main process only; its cost is bounded by eval.kid_samples."""
+"""In-training evaluation of EMA samples: KID against held-out images (or, with none
+set aside, the training images) and the share of samples that copy a training image
+(shift-, flip- and colour-tolerant: xurdif.evaluate.memorisation). Runs on the main
+process only; its cost is bounded by eval.kid_samples and measured (`seconds`)."""
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -10,19 +13,28 @@ from ..diffusion.samplers import sample
 from ..recipe import Recipe
 from ..seeds import derive_seed
 
+# eval.time_share's first measurement: after the LR warm-up and this much training,
+# so the first score is of a model that has begun to learn.
+FIRST_EVAL_AFTER_S = 60.0
+
 
 class KidMonitor:
-    def __init__(self, recipe: Recipe, data, device: torch.device):
+    def __init__(self, recipe: Recipe, data, device: torch.device, heldout=None):
+        """heldout: a xurdif.data.holdout.HeldOut (KID is measured against its images) or None."""
         from ..evaluate import InceptionFeatures
 
         self.r = recipe
         self.data = data
+        self.heldout = heldout
         self.device = device
         self.extractor = InceptionFeatures(device=device)
-        self.real = None  # uint8 training images, loaded on first use
-        self.real_feats = None
+        self.train = None  # uint8 training images, loaded on first use
+        self.train_feats = None
+        self.heldout_feats = None
+        self.seconds = None  # what the last measurement took, without the one-off set-up
+        self.picture = None  # uint8 [3, H, W]: the last samples most like a training image, beside it
 
-    def _real_images(self) -> torch.Tensor:
+    def _train_images(self) -> torch.Tensor:
         n = self.r.eval.real_images
         if self.data.indexable:
             idx = list(range(min(n, len(self.data))))
@@ -37,15 +49,23 @@ class KidMonitor:
             x = torch.cat(batches)[:n]
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
+    def _setup(self) -> None:
+        self.train = self._train_images()
+        self.train_feats = self.extractor(self.train)
+        if self.heldout is not None:
+            self.heldout_feats = self.extractor(self.heldout.images)
+
     @torch.no_grad()
     def __call__(self, ema: torch.nn.Module, schedule, meta, samples: int | None = None,
                  steps: int | None = None) -> dict[str, float]:
-        """Scores of `samples` (default eval.kid_samples) samples of `steps` (eval.kid_steps) sampler steps."""
-        from ..evaluate import kid, pixel_memorisation
+        """Scores of `samples` (default eval.kid_samples) samples of `steps` (eval.kid_steps) sampler steps:
+        kid (against held-out images when there are any), kid_std, kid_train (against the
+        training images), memorised (robust) and memorised_pixel (plain pixel L2)."""
+        from ..evaluate import kid, memorisation_picture, pixel_memorisation, robust_memorisation
 
-        if self.real is None:
-            self.real = self._real_images()
-            self.real_feats = self.extractor(self.real)
+        if self.train is None:
+            self._setup()
+        started = time.perf_counter()
         e = self.r.eval
         den = Denoiser(ema, schedule, meta.prediction, meta.value_range)
         h, w = meta.image_size
@@ -55,6 +75,14 @@ class KidMonitor:
                                 generator=g, device=self.device)).float().cpu()
             for b in torch.arange(samples or e.kid_samples).split(64)
         ])
-        mean, std = kid(self.real_feats, self.extractor(fake))
-        memo, _ = pixel_memorisation(fake, self.real.float() / 255)
-        return {"kid": mean, "kid_std": std, "memorised": memo.fraction}
+        fake_feats = self.extractor(fake)
+        kid_train, kid_train_std = kid(self.train_feats, fake_feats)
+        scores = {"kid": kid_train, "kid_std": kid_train_std, "kid_train": kid_train}
+        if self.heldout_feats is not None:
+            scores["kid"], scores["kid_std"] = kid(self.heldout_feats, fake_feats)
+        memo, rows = robust_memorisation(fake, self.train)
+        scores["memorised"] = memo.fraction
+        self.picture = memorisation_picture(fake, rows, memo, count=6)
+        scores["memorised_pixel"] = pixel_memorisation(fake, self.train)[0].fraction
+        self.seconds = time.perf_counter() - started
+        return scores

@@ -123,6 +123,22 @@ class RunOutputs:
         save_model_file(path, dataclasses.replace(meta, extra={**meta.extra, "best": best}), model, ema)
         return path
 
+    def write_heldout(self, heldout) -> Path:
+        """heldout.txt: which images were never trained on, so the user can score with them too."""
+        path = self.run_dir / "heldout.txt"
+        text = f"# {len(heldout.names)} images held out from training ({heldout.origin})\n"
+        with atomic_write(path, "w") as f:
+            f.write(text + "".join(name + "\n" for name in heldout.names))
+        return path
+
+    def write_closest(self, picture: torch.Tensor, which: str) -> Path:
+        """eval/closest-{which}.png: samples beside their nearest training images (which: last or best)."""
+        path = self.run_dir / "eval" / f"closest-{which}.png"
+        path.parent.mkdir(exist_ok=True)
+        with atomic_write(path) as f:
+            save_image(picture.float() / 255, f, format="png")
+        return path
+
     def exported_step(self) -> int | None:
         """The training step model.safetensors holds; None if it is missing or unreadable."""
         try:

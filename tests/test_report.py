@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from xurdif.recipe import load_recipe
@@ -163,6 +164,25 @@ def test_in_training_kid_and_memorisation_are_plotted(tmp_path):
     data = json.loads(page.json)["r"]
     assert data["eval/kid"] == [[5, 0.25], [10, 0.125]] and data["eval/memorised"] == [[5, 0.125], [10, 0.0]]
     assert data == tb_scalars(tmp_path / "r")
+
+
+def test_copies_section_says_when_copying_began_and_shows_the_closest_pairs(tmp_path):
+    recipe = load_recipe(FIXTURE_RECIPE)
+    out = RunOutputs(recipe, tmp_path / "r", is_main=True)
+    out.open()
+    out.log_eval({"kid": 0.25, "memorised": 0.0}, 5)
+    out.log_eval({"kid": 0.125, "memorised": 0.03}, 10)
+    out.log_eval({"kid": 0.1, "memorised": 0.2, "memorised_over_max": 1.0}, 15)
+    out.write_closest(torch.zeros(3, 8, 24, dtype=torch.uint8), "best")
+    out.write_closest(torch.full((3, 8, 24), 255, dtype=torch.uint8), "last")
+    out.write_report()
+    out.close()
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert "<li>first sample copying a training image: step 10</li>" in text
+    assert "<li>memorised share over eval.memorised_max from: step 15</li>" in text
+    page = Page(text)
+    assert ["eval/closest-best.png", "eval/closest-last.png"] == [i for i in page.imgs if "closest" in i]
+    check_images_exist(page, tmp_path / "r" / "report.html")
 
 
 def test_resumed_outputs_keep_the_earlier_sessions_scalars(tmp_path):

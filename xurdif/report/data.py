@@ -29,6 +29,8 @@ class RunData:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     model: Path | None = None  # model.safetensors, if exported
     model_step: int | None = None
+    best: dict | None = None  # model-best.safetensors' step and scores, if kept
+    closest: dict[str, Path] = field(default_factory=dict)  # "best"/"last": samples beside their nearest images
 
 
 def merge_event(series: Series, tag: str, step: int, value: float) -> None:
@@ -96,11 +98,18 @@ def gather(run_dir: str | Path, scalars: Series | None = None) -> RunData:
         checkpoints=list_checkpoints(run_dir),
         model=model if model.is_file() else None,
     )
+    from ..weights import read_meta
+
     if data.model is not None:
         try:
-            from ..weights import read_meta
-
             data.model_step = read_meta(model).step
         except Exception:  # mid-export or foreign: shown without its step
             data.model_step = None
+    if (run_dir / "model-best.safetensors").is_file():
+        try:
+            data.best = read_meta(run_dir / "model-best.safetensors").extra.get("best")
+        except Exception:  # mid-export: the next report shows it
+            data.best = None
+    data.closest = {which: p for which in ("best", "last")
+                    if (p := run_dir / "eval" / f"closest-{which}.png").is_file()}
     return data

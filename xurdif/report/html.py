@@ -17,8 +17,10 @@ from .svg import COLOURS, fmt, line_plot
 
 TITLES = {"loss/total": "loss: total", "train/lr": "learning rate", "train/images_per_sec": "images/s",
           "train/time_left_s": "time left (s)", "train/grad_norm": "gradient norm", "train/ema_decay": "EMA decay",
-          "train/nonfinite_skips": "skipped non-finite steps", "eval/kid": "KID (in training)",
-          "eval/kid_std": "KID std", "eval/memorised": "memorised share (in training)"}
+          "train/nonfinite_skips": "skipped non-finite steps", "eval/kid": "KID (in training; held-out images when set aside)",
+          "eval/kid_std": "KID std", "eval/memorised": "memorised share (in training)",
+          "eval/kid_train": "KID against the training images", "eval/memorised_pixel": "memorised (plain pixel L2)",
+          "eval/time_share": "evaluation's share of the time"}
 ORDER = ("loss/total", "loss/", "train/lr", "train/images_per_sec", "train/time_left_s", "eval/kid",
          "eval/memorised", "eval/", "train/")
 
@@ -28,7 +30,7 @@ td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}td.n{text-al
 .plots{display:flex;flex-wrap:wrap;gap:8px}.plot{border:1px solid #eee;background:#fff}
 .plot text{font-size:10px;fill:#444}.plot .title{font-size:12px;fill:#222}.plot .frame{fill:none;stroke:#bbb}
 .plot .grid{stroke:#eee}.timeline .cols{display:flex;gap:16px;align-items:flex-start}
-.timeline figure{margin:0}.timeline img{image-rendering:pixelated;max-width:520px;width:100%}
+.timeline figure{margin:0}.cols{display:flex;gap:16px}figure img{image-rendering:pixelated}.timeline img{image-rendering:pixelated;max-width:520px;width:100%}
 pre{background:#f6f6f6;padding:8px;overflow:auto;max-height:40em}.meta{color:#666}"""
 
 SLIDER_JS = """for (const tl of document.querySelectorAll('.timeline')) {
@@ -139,6 +141,28 @@ def timeline(runs: list[RunData], out_dir: Path) -> str:
             f'<span class=step>step {steps[-1]}</span><div class=cols>{"".join(cols)}</div></div>')
 
 
+def copies(runs: list[RunData], out_dir: Path) -> str:
+    """What keep-best kept, when copying began, and the closest pairs of the best and last model."""
+    parts = []
+    for r in runs:
+        memo = points(r, "eval/memorised")
+        if not memo and r.best is None:
+            continue
+        first = next((s for s, v in memo if v > 0), None)
+        over = points(r, "eval/memorised_over_max")
+        lines = [f"first sample copying a training image: {f'step {first}' if first is not None else 'none yet'}",
+                 f"memorised share over eval.memorised_max from: {f'step {over[0][0]}' if over else 'never'}"]
+        if r.best:
+            lines.append(f"model-best.safetensors: step {r.best.get('step')}, KID {fmt(r.best.get('kid', 0))}, "
+                         f"memorised {r.best.get('memorised', 0):.1%}")
+        figs = "".join(f'<figure><img src="{rel(p, out_dir)}" alt="{escape(r.name)} closest pairs, {which} model">'
+                       f"<figcaption>{which} model: samples (red frame: a copy), their nearest training image, "
+                       f"the second nearest</figcaption></figure>" for which, p in sorted(r.closest.items()))
+        parts.append(f"<h3>{escape(r.name)}</h3><ul>{''.join(f'<li>{escape(t)}</li>' for t in lines)}</ul>"
+                     f"<div class=cols>{figs}</div>")
+    return "".join(parts) or "<p>No in-training evaluation (eval.time_share or eval.kid_every_steps).</p>"
+
+
 def checkpoints(runs: list[RunData], out_dir: Path) -> str:
     rows = []
     for r in runs:
@@ -207,6 +231,7 @@ def render_html(runs: list[RunData], out_path: Path) -> str:
 <h2>Curves</h2>{plots(runs)}
 <h2>Latest values</h2>{latest_table(runs)}
 <h2>Sample grids</h2>{timeline(runs, out_dir)}
+<h2>Copies</h2>{copies(runs, out_dir)}
 <h2>Checkpoints</h2>{checkpoints(runs, out_dir)}
 <h2>Recipe</h2>{recipes(runs)}
 <script type="application/json" id="xurdif-scalars">{scalars_json(runs)}</script>

@@ -1,0 +1,278 @@
+"""Long runs on few images: do models keep improving, when do they start to copy, and
+does keep-best catch it? (issue 28; results in docs/quality.md, "Long runs").
+
+Three steps, each a subcommand:
+
+  split  copies N training images and M held-out images of the same kind out of a
+         benchmark folder (default: the 904 sprites in ../shared beside the checkout),
+         chosen by a hash of each file name. Held-out images that the copy detector
+         already finds in the training part (the set's own near-duplicates: female
+         variants, animation frames) are left out, so a model is never scored as
+         copying because the data repeats itself.
+  train  trains variants (recipe overrides) on the training part, with the in-training
+         evaluation on (KID against the held-out part, copies against the training
+         part, eval.time_share of the time) and checkpoints kept along the way.
+         --jobs runs variants side by side (on a GPU: several on one card).
+  score  samples every kept checkpoint (EMA weights) and scores it: KID against the
+         held-out images, KID against the training images, the memorised share
+         (shift-, flip- and colour-aware) and plain pixel L2's. Writes a JSON per run,
+         curves (SVG) and sample grids at three points, and the closest pairs of the
+         model keep-best kept and of the last one. Runs on the CPU afterwards.
+
+  .venv/bin/python bench/long_run.py split --out runs/long --train 100 --heldout 204
+  .venv/bin/python bench/long_run.py train --out runs/long --size 32 --minutes 60 \\
+      --variant small-data=
+  .venv/bin/python bench/long_run.py score --out runs/long --samples 256
+
+The GPU version is bench/long_run_gpu.sh (one command). One seed per variant.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "wesnoth-units-64"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/long_run.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("split", help="make the training and held-out folders")
+    s.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"benchmark folder (default {DEFAULT_DATA})")
+    s.add_argument("--out", type=Path, required=True, help="study folder")
+    s.add_argument("--train", type=int, default=100, help="training images (default 100)")
+    s.add_argument("--heldout", type=int, default=204, help="held-out images before near-duplicates go (default 204)")
+    s.add_argument("--size", type=int, default=64, help="size the near-duplicate check runs at (default 64)")
+    t = sub.add_parser("train", help="train the variants")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--recipe", default=str(ROOT / "recipes" / "small-data.yaml"))
+    t.add_argument("--size", type=int, default=32, help="data.size (default 32)")
+    t.add_argument("--minutes", type=float, default=None, help="train.time per variant")
+    t.add_argument("--images", type=int, default=None, help="train.images per variant (instead of --minutes)")
+    t.add_argument("--checkpoints", type=int, default=12, help="checkpoints kept along each run (default 12)")
+    t.add_argument("--steps-hint", type=int, default=None,
+                   help="expected steps per run, to space the kept checkpoints (default: from --images)")
+    t.add_argument("--variant", action="append", default=[], metavar="NAME=K=V[;K=V...]",
+                   help="a variant: name, then recipe overrides separated by ';' (repeatable)")
+    t.add_argument("--jobs", type=int, default=1, help="variants trained at once (default 1)")
+    t.add_argument("--threads", type=int, default=0, help="OMP threads per job (default: torch's choice)")
+    t.add_argument("--set", action="append", default=[], metavar="K=V", help="override for every variant")
+    c = sub.add_parser("score", help="score every kept checkpoint of every run")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--samples", type=int, default=256, help="samples per checkpoint (default 256)")
+    c.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
+    c.add_argument("--device", default=None)
+    c.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    return p
+
+
+# ----------------------------------------------------------------- split
+def ranked(paths: list[Path], salt: str) -> list[Path]:
+    return sorted(paths, key=lambda p: hashlib.sha256(f"{salt}:{p.name}".encode()).hexdigest())
+
+
+def split(args) -> dict:
+    import torch
+
+    from xurdif.evaluate import list_images, load_images, robust_memorisation
+
+    paths = ranked(list_images(args.data), "long-run")
+    heldout, rest = paths[:args.heldout], paths[args.heldout:]
+    train = sorted(rest[:args.train])
+    a = load_images(heldout, args.size)
+    # Against the whole remainder, not only the training part: the split must hold for
+    # every training subset of it that a later study takes.
+    b = load_images(rest, args.size)
+    memo, _ = robust_memorisation(a, b)
+    dropped = [(heldout[i].name, rest[int(memo.nearest[i])].name, round(float(memo.ratio[i]), 3))
+               for i in torch.nonzero(memo.memorised).flatten().tolist()]
+    kept = sorted(p for i, p in enumerate(heldout) if not memo.memorised[i])
+    for name, files in (("train", train), ("heldout", kept)):
+        folder = args.out / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for f in files:
+            shutil.copy(f, folder / f.name)
+    info = {"data": str(args.data), "train": len(train), "heldout": len(kept),
+            "heldout_dropped_as_near_duplicates": dropped}
+    (args.out / "split.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{len(train)} training images in {args.out / 'train'}, {len(kept)} held out in {args.out / 'heldout'} "
+          f"({len(dropped)} held-out images left out: near-duplicates of the rest, e.g. "
+          f"{', '.join(f'{d[0]} ~ {d[1]}' for d in dropped[:3])})")
+    return info
+
+
+# ----------------------------------------------------------------- train
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, rest = text.partition("=")
+    if not name:
+        raise SystemExit(f"--variant {text!r}: expected NAME=K=V[;K=V...]")
+    return name, [o for o in rest.split(";") if o]
+
+
+def train_overrides(args, name: str, overrides: list[str]) -> list[str]:
+    if (args.minutes is None) == (args.images is None):
+        raise SystemExit("train: give --minutes or --images")
+    length = ([f"train.images={args.images}", "train.time=null"] if args.images
+              else ["train.images=null", f"train.time={args.minutes * 60:g}s"])
+    steps = args.steps_hint or (args.images // 4 if args.images else 100_000)
+    every = max(100, steps // args.checkpoints)
+    return [f"data.path={args.out / 'train'}", f"data.size={args.size}", "train.steps=null", *length,
+            f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03", "eval.kid_every_steps=0",
+            f"checkpoint.every_steps={every}", f"checkpoint.keep_every={every}", "checkpoint.keep_last=1",
+            f"samples.every_steps={every}", f"train.output_dir={args.out / 'runs' / name}", f"name=long-{name}",
+            *args.set, *overrides]
+
+
+def train(args) -> None:
+    variants = [parse_variant(v) for v in args.variant] or [("small-data", [])]
+    procs = []
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    pending = list(variants)
+    while pending or procs:
+        while pending and len(procs) < args.jobs:
+            name, overrides = pending.pop(0)
+            cmd = [sys.executable, str(ROOT / "launch.py"), args.recipe, *train_overrides(args, name, overrides)]
+            log = args.out / f"{name}-train.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+            procs.append((name, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                                 cwd=ROOT, env=env), time.perf_counter()))
+        time.sleep(5)
+        for entry in list(procs):
+            name, proc, started = entry
+            if proc.poll() is not None:
+                procs.remove(entry)
+                print(f"[{name}] exit {proc.returncode} after {time.perf_counter() - started:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------- score
+def kept_checkpoints(run: Path) -> list[Path]:
+    from xurdif.train.checkpoint import list_checkpoints
+
+    return list_checkpoints(run)
+
+
+def load_ema(ckpt: Path, device):
+    from safetensors.torch import load_file
+
+    from xurdif.diffusion.denoiser import Denoiser
+    from xurdif.diffusion.schedule import make_schedule
+    from xurdif.recipe import recipe_from_yaml
+    from xurdif.train.network import build_for_recipe
+
+    state = json.loads((ckpt / "state.json").read_text())
+    recipe = recipe_from_yaml(state["recipe"], str(ckpt / "state.json"))
+    net, meta = build_for_recipe(recipe)
+    net.load_state_dict(load_file(ckpt / "ema.safetensors"))
+    net = net.to(device).eval()
+    den = Denoiser(net, make_schedule(meta.schedule, meta.timesteps), meta.prediction, meta.value_range)
+    return den, meta, state
+
+
+def draw(den, meta, count: int, steps: int, device):
+    import torch
+
+    from xurdif.diffusion.samplers import sample
+
+    h, w = meta.image_size
+    g = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        return torch.cat([den.to_image(sample(den, (b.numel(), 3, h, w), "dpmpp_2m", steps, generator=g,
+                                              device=device)).float().cpu()
+                          for b in torch.arange(count).split(64)])
+
+
+def score(args) -> None:
+    import torch
+    from torchvision.utils import make_grid, save_image
+
+    from xurdif.evaluate import (InceptionFeatures, kid, load_folder, memorisation_picture, pixel_memorisation,
+                                 robust_memorisation)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    runs = sorted(p for p in (args.out / "runs").iterdir() if (p / "recipe.yaml").is_file())
+    if args.only:
+        runs = [r for r in runs if r.name in args.only.split(",")]
+    extractor = InceptionFeatures(device=device)
+    cache: dict[int, tuple] = {}
+    for run in runs:
+        rows = []
+        for ckpt in kept_checkpoints(run):
+            den, meta, state = load_ema(ckpt, device)
+            size = meta.image_size[0]
+            if size not in cache:
+                train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
+                cache[size] = (train, held, extractor(train), extractor(held))
+            train, held, train_f, held_f = cache[size]
+            fake = draw(den, meta, args.samples, args.steps, device)
+            feats = extractor(fake)
+            memo, refs = robust_memorisation(fake, train)
+            row = {"step": state["step"], "images_seen": state["images_seen"],
+                   "kid_heldout": kid(held_f, feats)[0], "kid_train": kid(train_f, feats)[0],
+                   "memorised": memo.fraction, "memorised_pixel": pixel_memorisation(fake, train)[0].fraction,
+                   "checkpoint": ckpt.name}
+            rows.append(row)
+            print(f"[{run.name}] {ckpt.name}: images {row['images_seen']:>9,}  KID held-out "
+                  f"{row['kid_heldout'] * 1e3:7.2f}  KID train {row['kid_train'] * 1e3:7.2f}  memorised "
+                  f"{row['memorised']:.1%} (pixel L2 {row['memorised_pixel']:.1%})", flush=True)
+            save_image(make_grid(fake[:36], nrow=6, padding=1, pad_value=1.0), args.out / f"{run.name}-{ckpt.name}.png")
+            save_image(memorisation_picture(fake, refs, memo, count=6).float() / 255,
+                       args.out / f"{run.name}-{ckpt.name}-closest.png")
+        best = best_step(run)
+        report = {"run": run.name, "samples": args.samples, "steps": args.steps, "rows": rows,
+                  "keep_best_step": best, "in_training": in_training(run)}
+        (args.out / f"{run.name}-score.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_curves(args.out / f"{run.name}-curves.svg", run.name, rows, best)
+
+
+def best_step(run: Path) -> int | None:
+    from xurdif.weights import read_meta
+
+    path = run / "model-best.safetensors"
+    return read_meta(path).extra["best"]["step"] if path.is_file() else None
+
+
+def in_training(run: Path) -> dict:
+    """The evaluations the trainer made, from its TensorBoard log."""
+    from xurdif.report.data import read_scalars
+
+    scalars = read_scalars(run / "tb")
+    return {tag: sorted(values.items()) for tag, values in scalars.items() if tag.startswith("eval/")}
+
+
+def write_curves(path: Path, name: str, rows: list[dict], best: int | None) -> None:
+    from xurdif.report.svg import line_plot
+
+    x = [r["images_seen"] for r in rows]
+    kid_plot = line_plot(f"{name}: KID x1e3 against images seen (keep-best kept step {best})",
+                         [("held-out", list(zip(x, [r["kid_heldout"] * 1e3 for r in rows]))),
+                          ("training images", list(zip(x, [r["kid_train"] * 1e3 for r in rows])))], f"{name}-kid")
+    memo_plot = line_plot(f"{name}: memorised % against images seen",
+                          [("shift/flip/colour aware", list(zip(x, [r["memorised"] * 100 for r in rows]))),
+                           ("plain pixel L2", list(zip(x, [r["memorised_pixel"] * 100 for r in rows])))],
+                          f"{name}-memo")
+    path.write_text(f"<div>{kid_plot}{memo_plot}</div>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    {"split": split, "train": train, "score": score}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

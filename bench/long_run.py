@@ -62,12 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoints", type=int, default=12, help="checkpoints kept along each run (default 12)")
     t.add_argument("--steps-hint", type=int, default=None,
                    help="expected steps per run, to space the kept checkpoints (default: from --images)")
-    t.add_argument("--variant", action="append", default=[], metavar="NAME=K=V[;K=V...]",
-                   help="a variant: name, then recipe overrides separated by ';' (repeatable)")
+    t.add_argument("--variant", action="append", default=[], metavar="NAME[@RECIPE]=K=V[;K=V...]",
+                   help="a variant: name, optionally its own recipe, then recipe overrides separated by ';' "
+                        "(repeatable)")
+    t.add_argument("--no-eval", action="store_true",
+                   help="no in-training evaluation (a machine without the Inception weights); score afterwards")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop every run still going after this long (SIGTERM: each saves a checkpoint first)")
     t.add_argument("--jobs", type=int, default=1, help="variants trained at once (default 1)")
     t.add_argument("--threads", type=int, default=0, help="OMP threads per job (default: torch's choice)")
     t.add_argument("--set", action="append", default=[], metavar="K=V", help="override for every variant")
+    m = sub.add_parser("sample", help="sample every kept checkpoint (on the card), for scoring elsewhere")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--to", type=Path, required=True, help="folder for one <run>.pt.xz per run")
+    m.add_argument("--samples", type=int, default=256)
+    m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--device", default=None)
+    m.add_argument("--only", default="", help="comma-separated run names (default: all)")
     c = sub.add_parser("score", help="score every kept checkpoint of every run")
+    c.add_argument("--from", dest="from_dir", type=Path, default=None,
+                   help="score the samples `sample` wrote there instead of sampling here")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--samples", type=int, default=256, help="samples per checkpoint (default 256)")
     c.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
@@ -114,11 +128,12 @@ def split(args) -> dict:
 
 
 # ----------------------------------------------------------------- train
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    name, _, rest = text.partition("=")
+def parse_variant(text: str, default_recipe: str) -> tuple[str, str, list[str]]:
+    head, _, rest = text.partition("=")
+    name, _, recipe = head.partition("@")
     if not name:
-        raise SystemExit(f"--variant {text!r}: expected NAME=K=V[;K=V...]")
-    return name, [o for o in rest.split(";") if o]
+        raise SystemExit(f"--variant {text!r}: expected NAME[@RECIPE]=K=V[;K=V...]")
+    return name, str(ROOT / recipe) if recipe else default_recipe, [o for o in rest.split(";") if o]
 
 
 def train_overrides(args, name: str, overrides: list[str]) -> list[str]:
@@ -128,24 +143,35 @@ def train_overrides(args, name: str, overrides: list[str]) -> list[str]:
               else ["train.images=null", f"train.time={args.minutes * 60:g}s"])
     steps = args.steps_hint or (args.images // 4 if args.images else 100_000)
     every = max(100, steps // args.checkpoints)
+    evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path="] if args.no_eval else
+                  ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"])
     return [f"data.path={args.out / 'train'}", f"data.size={args.size}", "train.steps=null", *length,
-            f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03", "eval.kid_every_steps=0",
+            *evaluation, "eval.kid_every_steps=0",
             f"checkpoint.every_steps={every}", f"checkpoint.keep_every={every}", "checkpoint.keep_last=1",
             f"samples.every_steps={every}", f"train.output_dir={args.out / 'runs' / name}", f"name=long-{name}",
             *args.set, *overrides]
 
 
 def train(args) -> None:
-    variants = [parse_variant(v) for v in args.variant] or [("small-data", [])]
+    import signal
+
+    variants = [parse_variant(v, args.recipe) for v in args.variant] or [("small-data", args.recipe, [])]
     procs = []
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     pending = list(variants)
+    began = time.perf_counter()
+    stopping = False
     while pending or procs:
+        if args.max_minutes and not stopping and time.perf_counter() - began > args.max_minutes * 60:
+            stopping, pending = True, []
+            for name, proc, _ in procs:
+                print(f"[{name}] --max-minutes reached: stopping (it saves a checkpoint first)", flush=True)
+                proc.send_signal(signal.SIGTERM)
         while pending and len(procs) < args.jobs:
-            name, overrides = pending.pop(0)
-            cmd = [sys.executable, str(ROOT / "launch.py"), args.recipe, *train_overrides(args, name, overrides)]
+            name, recipe, overrides = pending.pop(0)
+            cmd = [sys.executable, str(ROOT / "launch.py"), recipe, *train_overrides(args, name, overrides)]
             log = args.out / f"{name}-train.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
@@ -196,6 +222,48 @@ def draw(den, meta, count: int, steps: int, device):
                           for b in torch.arange(count).split(64)])
 
 
+def sampled_checkpoints(run: Path, count: int, steps: int, device):
+    """(checkpoint name, its state.json, uint8 samples [N, 3, H, W]) of each kept checkpoint."""
+    for ckpt in kept_checkpoints(run):
+        den, meta, state = load_ema(ckpt, device)
+        fake = draw(den, meta, count, steps, device)
+        yield ckpt.name, {k: v for k, v in state.items() if k != "recipe"}, (fake * 255).round().byte()
+
+
+def sample_runs(args) -> None:
+    """`sample`: the samples of every kept checkpoint of each run, in one xz-compressed file per run."""
+    import io
+    import lzma
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.to.mkdir(parents=True, exist_ok=True)
+    for run in study_runs(args):
+        entries = list(sampled_checkpoints(run, args.samples, args.steps, device))
+        buf = io.BytesIO()
+        torch.save({"run": run.name, "recipe": (run / "recipe.yaml").read_text(), "checkpoints": entries}, buf)
+        path = args.to / f"{run.name}.pt.xz"
+        path.write_bytes(lzma.compress(buf.getvalue(), preset=6))
+        print(f"[{run.name}] {len(entries)} checkpoints x {args.samples} samples -> {path} "
+              f"({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def stored_samples(path: Path):
+    import io
+    import lzma
+
+    import torch
+
+    data = torch.load(io.BytesIO(lzma.decompress(path.read_bytes())), weights_only=False)
+    yield from data["checkpoints"]
+
+
+def study_runs(args) -> list[Path]:
+    runs = sorted(p for p in (args.out / "runs").iterdir() if (p / "recipe.yaml").is_file())
+    return [r for r in runs if not args.only or r.name in args.only.split(",")]
+
+
 def score(args) -> None:
     import torch
     from torchvision.utils import make_grid, save_image
@@ -204,52 +272,65 @@ def score(args) -> None:
                                  robust_memorisation)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    runs = sorted(p for p in (args.out / "runs").iterdir() if (p / "recipe.yaml").is_file())
-    if args.only:
-        runs = [r for r in runs if r.name in args.only.split(",")]
+    if args.from_dir:
+        runs = [(p.name.removesuffix(".pt.xz"), stored_samples(p)) for p in sorted(args.from_dir.glob("*.pt.xz"))]
+    else:
+        runs = [(r.name, sampled_checkpoints(r, args.samples, args.steps, device)) for r in study_runs(args)]
     extractor = InceptionFeatures(device=device)
     cache: dict[int, tuple] = {}
-    for run in runs:
+    for name, checkpoints in runs:
+        run = args.out / "runs" / name
         rows = []
-        for ckpt in kept_checkpoints(run):
-            den, meta, state = load_ema(ckpt, device)
-            size = meta.image_size[0]
+        for ckpt_name, state, fake in checkpoints:
+            size = fake.shape[-1]
             if size not in cache:
                 train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
                 cache[size] = (train, held, extractor(train), extractor(held))
             train, held, train_f, held_f = cache[size]
-            fake = draw(den, meta, args.samples, args.steps, device)
             feats = extractor(fake)
             memo, refs = robust_memorisation(fake, train)
             row = {"step": state["step"], "images_seen": state["images_seen"],
                    "kid_heldout": kid(held_f, feats)[0], "kid_train": kid(train_f, feats)[0],
                    "memorised": memo.fraction, "memorised_pixel": pixel_memorisation(fake, train)[0].fraction,
-                   "checkpoint": ckpt.name}
+                   "checkpoint": ckpt_name}
             rows.append(row)
-            print(f"[{run.name}] {ckpt.name}: images {row['images_seen']:>9,}  KID held-out "
+            print(f"[{name}] {ckpt_name}: images {row['images_seen']:>9,}  KID held-out "
                   f"{row['kid_heldout'] * 1e3:7.2f}  KID train {row['kid_train'] * 1e3:7.2f}  memorised "
                   f"{row['memorised']:.1%} (pixel L2 {row['memorised_pixel']:.1%})", flush=True)
-            save_image(make_grid(fake[:36], nrow=6, padding=1, pad_value=1.0), args.out / f"{run.name}-{ckpt.name}.png")
+            save_image(make_grid(fake[:36].float() / 255, nrow=6, padding=1, pad_value=1.0),
+                       args.out / f"{name}-{ckpt_name}.png")
             save_image(memorisation_picture(fake, refs, memo, count=6).float() / 255,
-                       args.out / f"{run.name}-{ckpt.name}-closest.png")
+                       args.out / f"{name}-{ckpt_name}-closest.png")
         best = best_step(run)
-        report = {"run": run.name, "samples": args.samples, "steps": args.steps, "rows": rows,
-                  "keep_best_step": best, "in_training": in_training(run)}
-        (args.out / f"{run.name}-score.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_curves(args.out / f"{run.name}-curves.svg", run.name, rows, best)
+        report = {"run": name, "samples": int(fake.shape[0]), "steps": args.steps, "rows": rows,
+                  "keep_best_step": best, "keep_best_offline": offline_best(rows),
+                  "in_training": in_training(run)}
+        (args.out / f"{name}-score.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_curves(args.out / f"{name}-curves.svg", name, rows, best)
 
 
 def best_step(run: Path) -> int | None:
+    """The step of the model keep-best kept in training (None: no in-training evaluation ran)."""
     from xurdif.weights import read_meta
 
     path = run / "model-best.safetensors"
     return read_meta(path).extra["best"]["step"] if path.is_file() else None
 
 
+def offline_best(rows: list[dict], memorised_max: float = 0.05) -> dict:
+    """Which checkpoint each keep-best rule would keep, judged on these scores: the lowest KID
+    against the held-out images, or against the training images, below memorised_max."""
+    fine = [r for r in rows if r["memorised"] < memorised_max]
+    pick = {rule: min(fine, key=lambda r: r[rule])["step"] if fine else None for rule in ("kid_heldout", "kid_train")}
+    return {"memorised_max": memorised_max, "by_heldout_kid": pick["kid_heldout"], "by_train_kid": pick["kid_train"]}
+
+
 def in_training(run: Path) -> dict:
     """The evaluations the trainer made, from its TensorBoard log."""
     from xurdif.report.data import read_scalars
 
+    if not (run / "tb").is_dir():
+        return {}
     scalars = read_scalars(run / "tb")
     return {tag: sorted(values.items()) for tag, values in scalars.items() if tag.startswith("eval/")}
 
@@ -270,7 +351,7 @@ def write_curves(path: Path, name: str, rows: list[dict], best: int | None) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    {"split": split, "train": train, "score": score}[args.command](args)
+    {"split": split, "train": train, "sample": sample_runs, "score": score}[args.command](args)
     return 0
 
 

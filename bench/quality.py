@@ -76,9 +76,10 @@ GRID: dict[str, list[str]] = {
 }
 
 # Overrides the bench itself adds (after the recipe's, before the user's): no
-# periodic checkpoints or grids, no TensorBoard — the budget goes to training.
+# periodic checkpoints, grids or in-training evaluation, no TensorBoard — the budget
+# goes to training, and every image to the training set (the bench scores afterwards).
 BENCH_OVERRIDES = ["checkpoint.every_steps=1000000", "samples.every_steps=0", "samples.n=16",
-                   "log.tensorboard=false"]
+                   "log.tensorboard=false", "eval.time_share=0", "eval.kid_every_steps=0", "eval.holdout=0"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,5 +34,6 @@ def test_variant_length_over_a_timed_recipe(quality):
     r = recipe_of(quality, [*small, "--minutes", "10"], ["optim.lr=4e-3"])
     assert (r.train.images, r.train.time, r.optim.lr) == (None, "600s", 4e-3)
     assert r.samples.every_steps == 0 and r.log.tensorboard is False  # the bench's own overrides
+    assert (r.eval.time_share, r.eval.holdout) == (0.0, 0.0)  # it scores afterwards, on every image
     with pytest.raises(RecipeError, match="optim.lr"):
         recipe_of(quality, small, ["optim.lr=-1"])

@@ -105,15 +105,18 @@ def test_held_out_images_need_an_evaluation_and_one_source(tmp_path):
     assert r.eval.holdout == 0.1 and r.eval.time_share == 0.03
 
 
-def test_holdout_too_small_is_a_data_error():
-    from xurdif.data import DataError, open_dataset
+def test_holdout_too_small_warns_and_holds_nothing_out(caplog):
+    from xurdif.data import open_dataset
     from xurdif.data.holdout import set_aside
     from xurdif.recipe import DataCfg
 
     data = open_dataset(DataCfg(path="tests/fixtures/emoji-faces-32", size=16))
-    with pytest.raises(DataError, match=r"^eval.holdout: 0.1 of 32 images is 3; hold out at least 8"):
-        set_aside(data, 0.1)
+    assert set_aside(data, 0.1) is None
     assert len(data) == 32  # nothing taken out
+    assert [r.getMessage() for r in caplog.records if "eval.holdout" in r.getMessage()] == [
+        "eval.holdout: 0.1 of 32 images is 3, fewer than 8: nothing is held out; KID is measured against the "
+        "training images and copies are still caught (give eval.holdout_path for a folder of other images "
+        "of the kind)"]
 
 
 def test_base_inheritance_and_overrides(tmp_path):

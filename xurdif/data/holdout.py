@@ -8,6 +8,7 @@ of their own (eval.holdout_path).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from xurdif.data.augment import crop_flip
 from xurdif.data.images import DataError
 from xurdif.recipe import DataCfg
 
+log = logging.getLogger("xurdif.data")
 MIN_HELD_OUT = 8  # fewer make KID a coin toss
 
 
@@ -32,12 +34,13 @@ def _view(data, indices: list[int]) -> torch.Tensor:
     return torch.stack([crop_flip(data.image(i), size, "center", False, 0) for i in indices])
 
 
-def set_aside(data, fraction: float) -> HeldOut:
+def set_aside(data, fraction: float) -> HeldOut | None:
     """Take `fraction` of an indexable source's images out of it and return them.
 
     The images whose keys (path inside the folder, or row) hash lowest are chosen,
     so the choice is the same on every process, run and resume, and does not depend
-    on the order the files were found in.
+    on the order the files were found in. Too few images to spare: a warning, and
+    None (nothing held out; KID against the training images, copies still caught).
     """
     if not getattr(data, "indexable", False):
         raise DataError("eval.holdout: shards cannot set images aside; give a folder of held-out images "
@@ -45,8 +48,11 @@ def set_aside(data, fraction: float) -> HeldOut:
     keys = data.keys()
     n = round(len(keys) * fraction)
     if n < MIN_HELD_OUT or len(keys) - n < 2:
-        raise DataError(f"eval.holdout: {fraction:g} of {len(keys)} images is {n}; hold out at least "
-                        f"{MIN_HELD_OUT} and train on at least 2 (raise or lower it, or give eval.holdout_path)")
+        if data.rank == 0:
+            log.warning("eval.holdout: %g of %d images is %d, fewer than %d: nothing is held out; KID is measured "
+                        "against the training images and copies are still caught (give eval.holdout_path for "
+                        "a folder of other images of the kind)", fraction, len(keys), n, MIN_HELD_OUT)
+        return None
     ranked = sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
     held = sorted(ranked[:n])
     names = data.names()

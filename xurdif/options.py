@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Literal
 YAML_BOOL_WORDS = {True: ("yes", "y", "on", "true"), False: ("no", "n", "off", "false")}
 # Booleans written as text (a prompt line's k=v).
 TEXT_BOOLS = {w: b for b, words in YAML_BOOL_WORDS.items() for w in words}
-_INT_TEXT = re.compile(r"\s*-?\d+\s*")
+_INT_TEXT = re.compile(r"\s*-?\d{1,40}\s*")  # longer is no setting, and past 4300 digits int() raises
 
 
 def close_matches(word: Any, valid: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:

@@ -13,6 +13,7 @@ import kornia
 import torch
 
 from .options import close_matches, coerce
+from .shown import shown
 
 Image = torch.Tensor  # [N, 3, H, W] in [0, 1]
 
@@ -112,7 +113,7 @@ def _parse(spec: str, presets: dict[str, str], seen: tuple[str, ...]) -> list[tu
             raise ValueError(_unknown(name, list(OPS), "postprocessing op"))
         ok, number = coerce(float, value.strip())
         if not ok:
-            raise ValueError(f"postprocessing op {name!r} needs a number, got {value!r}")
+            raise ValueError(f"postprocessing op {name!r} needs a number, got {shown(value)}")
         lo, hi = RANGES[name]
         if not lo <= number <= hi:
             raise ValueError(f"postprocessing op {name!r} takes {lo:g}..{hi:g}, got {value.strip()!r}")

@@ -1,6 +1,10 @@
-"""Reading YAML written by people: pyyaml's safe loader, except that a key
-given twice in one mapping is an error naming the key and both lines (plain
-YAML keeps the last one silently, so `lr:` written twice hid the first)."""
+"""Reading YAML written by people: pyyaml's safe loader, except that
+- a key given twice in one mapping is an error naming the key and both lines (plain
+  YAML keeps the last one silently, so `lr:` written twice hid the first);
+- an integer longer than MAX_DIGITS digits is an error at its line (Python refuses
+  to convert over 4300 digits, with a message naming neither file nor line);
+- a document that expands, through aliases, to more than MAX_VALUES values is refused
+  (nine levels of nine aliases are 387 million values from 100 lines)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +13,18 @@ import yaml
 from yaml.constructor import ConstructorError
 
 _MERGE = "tag:yaml.org,2002:merge"
+MAX_DIGITS = 40
+MAX_VALUES = 2_000_000  # a 100,000-job file is about a million
+
+
+class TooLarge(yaml.YAMLError):
+    """The document expands to more than MAX_VALUES values."""
+
+    def __init__(self, limit: int):
+        self.problem = (f"expands to more than {limit:,} values (YAML aliases, `*name`, repeat whole parts); "
+                        "write the values out or use fewer aliases")
+        self.problem_mark = None
+        super().__init__(self.problem)
 
 
 class Loader(yaml.SafeLoader):
@@ -34,7 +50,36 @@ class Loader(yaml.SafeLoader):
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isdigit() for c in str(node.value))
+        if digits > MAX_DIGITS:
+            raise ConstructorError(None, None, f"an integer of {digits} digits; at most {MAX_DIGITS}",
+                                   node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+
+
+def check_size(data: Any, limit: int = MAX_VALUES) -> None:
+    """Raise TooLarge when `data`, with every alias expanded, holds more than `limit` values.
+    Stops counting at the limit, so a bomb is refused in well under a second."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise TooLarge(limit)
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
 
 def load(text: str) -> Any:
-    """Like yaml.safe_load, refusing duplicate keys (yaml.YAMLError with a problem_mark)."""
-    return yaml.load(text, Loader=Loader)
+    """Like yaml.safe_load, refusing duplicate keys, huge integers and alias bombs
+    (yaml.YAMLError; a problem_mark where there is a line to name)."""
+    data = yaml.load(text, Loader=Loader)
+    check_size(data)
+    return data

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageColor, ImageOps
 
 from xurdif.recipe.schema import DataCfg
+from xurdif.shown import clean
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS: int = DataCfg.max_image_pixels  # readers without a recipe use its default
@@ -61,8 +62,9 @@ def find_image_files(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        # Not a FIFO or socket (reading one blocks); a dangling link stays, to be skipped with a warning.
         found += [Path(root) / f for f in files if is_image_name(f) and not f.startswith(".")
-                  and os.path.isfile(os.path.join(root, f))]  # not a FIFO or socket: reading one blocks
+                  and (os.path.isfile(os.path.join(root, f)) or _dangling(os.path.join(root, f)))]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -87,11 +89,23 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     return im.convert("RGB")
 
 
+def _dangling(path: str | os.PathLike) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def _check_path(src: ImageSource) -> None:
+    if isinstance(src, (str, os.PathLike)):
+        if _dangling(src):
+            raise BadImage(f"a symbolic link to {clean(os.readlink(src))}, which does not exist")
+        if os.path.exists(src) and not os.path.isfile(src):
+            raise BadImage("not a regular file")  # a folder, or a FIFO whose open() would block
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, Image.UnidentifiedImageError):
         # PIL's text names the stream object ("<_io.BytesIO object at 0x...>"), not the file.
         return "not an image PIL can identify"
-    return str(e) or type(e).__name__
+    return clean(str(e) or type(e).__name__)
 
 
 def read_picture(src: ImageSource, background: tuple[int, int, int] = (255, 255, 255),
@@ -101,8 +115,7 @@ def read_picture(src: ImageSource, background: tuple[int, int, int] = (255, 255,
     Raises BadImage with a one-line reason for any file that cannot be used."""
     if isinstance(src, bytes):
         src = io.BytesIO(src)
-    elif isinstance(src, (str, os.PathLike)) and os.path.exists(src) and not os.path.isfile(src):
-        raise BadImage("not a regular file")  # a folder, or a FIFO whose open() would block
+    _check_path(src)
     try:
         with warnings.catch_warnings():
             # Our own limit is checked below; PIL's warning would only duplicate it.
@@ -192,6 +205,7 @@ def check_header(src: ImageSource, max_pixels: int) -> None:
     """Cheap check without decoding pixels (lazy datasets): raises BadImage for unreadable or huge files."""
     if isinstance(src, bytes):
         src = io.BytesIO(src)
+    _check_path(src)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

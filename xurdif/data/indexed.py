@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 from xurdif.data.augment import augment_batch, crop_flip
 from xurdif.data.images import BadImage, DataError, ImageSource, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
+from xurdif.shown import clean
 
 log = logging.getLogger("xurdif.data")
+MAX_WARNED = 10  # unreadable files named one by one; the rest are counted
 
 
 class IndexedImages:
@@ -35,6 +37,9 @@ class IndexedImages:
             self._refs, self._cache = self._decode_all(refs)
         else:
             self._refs = self._check_all(refs)
+        if len(self.skipped) > MAX_WARNED and rank == 0:
+            log.warning("skipped %d more unreadable images (%d of %d in all)", len(self.skipped) - MAX_WARNED,
+                        len(self.skipped), len(refs))
         if not self._refs:
             raise DataError(f"{origin}: none of the {len(refs)} images could be read "
                             f"(first problem: {self.skipped[0][0]}: {self.skipped[0][1]})")
@@ -51,11 +56,12 @@ class IndexedImages:
         return self._name(ref)
 
     # ---- building
-    def _skip(self, ref: Any, reason: str) -> None:
-        name = self._name(ref)
-        self.skipped.append((name, reason))
-        if self.rank == 0:  # every rank reads the same files; one warning is enough
-            log.warning("skipping image %s: %s", name, reason)
+    def _skip(self, ref: Any, reason: str, always: bool = False) -> None:
+        name = clean(self._name(ref))  # a file name may hold newlines and terminal escapes
+        self.skipped.append((name, clean(reason)))
+        # Every rank reads the same files: one warning is enough; the first few by name, then a count.
+        if self.rank == 0 and (always or len(self.skipped) <= MAX_WARNED):
+            log.warning("skipping image %s: %s", name, clean(reason))
 
     def _decode(self, ref: Any) -> torch.Tensor:
         return decode_image(self._raw(ref), self.cfg.size, self.background, self.cfg.max_image_pixels)
@@ -115,7 +121,8 @@ class IndexedImages:
                 return self._decode(self._refs[k])
             except BadImage as e:
                 self._bad_later.add(k)
-                self._skip(self._refs[k], str(e) + " (found while training; its slot reads the next image)")
+                self._skip(self._refs[k], str(e) + " (found while training; its slot reads the next image)",
+                           always=True)
         raise DataError(f"{self.origin}: no image could be decoded")
 
     def get(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ..options import Problem, coerce, convert
+from ..shown import shown
 
 
 class GuidanceError(ValueError):
@@ -101,7 +102,7 @@ def parse_weighted(spec: str | list | tuple, key: str, item_key: str) -> tuple[W
                 out.append(Weighted(str(item[item_key]), _number(item.get("weight", 1.0), f"{key}.weight")))
             else:
                 raise GuidanceError(
-                    f"guidance.{key}: bad item {item!r}; valid: a string or "
+                    f"guidance.{key}: bad item {shown(item)}; valid: a string or "
                     f"{{{item_key}: ..., weight: <number>}}")
         return tuple(out)
     raise GuidanceError(f"guidance.{key}: expected a string or a list, got {type(spec).__name__}")
@@ -136,11 +137,11 @@ def _say(p: Problem) -> str:
         hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
         return f"guidance: unknown key {p.key!r}; {hint}valid keys: {', '.join(KEYS)}"
     if p.kind == "choice":
-        return f"guidance.{p.key}: {p.value!r} is invalid; valid: {', '.join(p.choices)}"
+        return f"guidance.{p.key}: {shown(p.value)} is invalid; valid: {', '.join(p.choices)}"
     if p.kind == "invalid":
         return p.message
     expected = "a finite number" if p.t is float else p.expected
-    return f"guidance.{p.key}: expected {expected}, got {p.value!r}"
+    return f"guidance.{p.key}: expected {expected}, got {shown(p.value)}"
 
 
 def _check(cfg: GuidanceCfg) -> None:

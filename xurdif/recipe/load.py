@@ -14,6 +14,7 @@ import yaml
 
 from .. import yamlfile
 from ..options import Problem, convert, describe_type, leaf_keys, suggest_key
+from ..shown import shown
 from .duration import parse_duration
 from .schema import Recipe, RecipeError
 
@@ -58,7 +59,7 @@ def _load_with_bases(path: Path, problems: list[str], chain: tuple[Path, ...] = 
     if base is None:
         return data
     if not isinstance(base, str):
-        problems.append(f"{path}: base: must be a path to another recipe, got {base!r}")
+        problems.append(f"{path}: base: must be a path to another recipe, got {shown(base)}")
         return data
     base_path = (path.parent / base)
     if not base_path.is_file():
@@ -74,7 +75,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yamlfile.load(value) if value.strip() else ""
     except yaml.YAMLError as e:
-        raise RecipeError([f"override {key.strip()}: invalid YAML value {value!r}: "
+        raise RecipeError([f"override {key.strip()}: invalid YAML value {shown(value)}: "
                            f"{getattr(e, 'problem', None) or e}"]) from None
 
 
@@ -96,14 +97,14 @@ def _say(p: Problem, where: str, valid: list[str]) -> str:
         near = suggest_key(p.key, valid)
         return f"{where}: {p.key}: unknown key" + (f"; did you mean {near}?" if near else "")
     if p.kind == "mapping":
-        return f"{where}: {p.key or 'recipe'}: must be a mapping, got {p.value!r}"
+        return f"{where}: {p.key or 'recipe'}: must be a mapping, got {shown(p.value)}"
     if p.kind == "range":
         lo = p.lo if p.lo is not None else "-inf"
         hi = p.hi if p.hi is not None else "inf"
-        return f"{where}: {p.key}: {p.value!r} is out of range; allowed {lo} to {hi}"
+        return f"{where}: {p.key}: {shown(p.value)} is out of range; allowed {lo} to {hi}"
     if p.kind == "invalid":
         return f"{where}: {p.key}: {p.message}"
-    return f"{where}: {p.key}: got {p.value!r}; expected {p.expected}"
+    return f"{where}: {p.key}: got {shown(p.value)}; expected {p.expected}"
 
 
 def _build(data: Any, where: str, valid: list[str], problems: list[str]) -> Recipe:

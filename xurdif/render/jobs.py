@@ -34,6 +34,7 @@ from ..diffusion.samplers import SAMPLERS
 from ..options import Problem, close_matches, coerce, convert
 from ..postprocess import parse_chain
 from ..seeds import derive_seed
+from ..shown import shown
 
 
 class JobError(ValueError):
@@ -100,10 +101,10 @@ def parse_size(value: Any) -> tuple[int, int] | None:
     else:
         m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(value))
         if not m:
-            raise ValueError(f"size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got {value!r}")
+            raise ValueError(f"size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got {shown(value)}")
         w, h = int(m.group(1)), int(m.group(2) or m.group(1))
     if not all(isinstance(v, int) and 8 <= v <= 4096 for v in (w, h)):
-        raise ValueError(f"size sides must be integers in 8..4096, got {value!r}")
+        raise ValueError(f"size sides must be integers in 8..4096, got {shown(value)}")
     return int(w), int(h)
 
 
@@ -112,7 +113,7 @@ def _seed(value: Any) -> int | None:
         return None
     ok, seed = coerce(int, value, text=True)
     if not ok:
-        raise ValueError(f"seed must be an integer, got {value!r}")
+        raise ValueError(f"seed must be an integer, got {shown(value)}")
     return seed
 
 
@@ -121,7 +122,7 @@ def _init(value: Any) -> str | None:
         return None
     ok, path = coerce(str, value, text=True)
     if not ok:
-        raise ValueError(f"init must be a string, got {value!r}")
+        raise ValueError(f"init must be a string, got {shown(value)}")
     return path
 
 
@@ -138,7 +139,7 @@ def _tile(value: Any) -> str | int:
         return "auto"
     ok, px = coerce(int, value, text=True)
     if not ok or not 8 <= px <= 4096:
-        raise ValueError(f"tile must be auto, off or a tile side in pixels (8..4096), got {value!r}")
+        raise ValueError(f"tile must be auto, off or a tile side in pixels (8..4096), got {shown(value)}")
     return px
 
 
@@ -150,9 +151,9 @@ def parse_merge(value: str) -> tuple[str, list[float]]:
     except ValueError:
         ws = []
     if not ws or not all(math.isfinite(w) for w in ws):
-        raise ValueError(f"merge must be MODEL:WEIGHT,WEIGHT,... (e.g. b.safetensors:0,0.5,1), got {value!r}")
+        raise ValueError(f"merge must be MODEL:WEIGHT,WEIGHT,... (e.g. b.safetensors:0,0.5,1), got {shown(value)}")
     if len(set(ws)) != len(ws):
-        raise ValueError(f"merge: a weight is given twice in {value!r}")
+        raise ValueError(f"merge: a weight is given twice in {shown(value)}")
     return path, ws
 
 
@@ -175,10 +176,10 @@ def _say(p: Problem) -> str:
         return f"unknown option {p.key!r}; {hint}valid: {', '.join(OPTIONS)}"
     if p.kind == "choice":
         hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
-        return f"unknown {p.key} {p.value!r}; {hint}valid: {', '.join(p.choices)}"
+        return f"unknown {p.key} {shown(p.value)}; {hint}valid: {', '.join(p.choices)}"
     if p.kind == "invalid":
         return p.message
-    return f"{p.key} must be {p.expected}, got {p.value!r}"
+    return f"{p.key} must be {p.expected}, got {shown(p.value)}"
 
 
 def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: dict[str, str],
@@ -231,7 +232,7 @@ def split_inline(text: str) -> tuple[str, dict[str, str]]:
     for token in rest.split():
         key, eq, value = token.partition("=")
         if not eq or not key:
-            raise ValueError(f"expected key=value after '|', got {token!r}")
+            raise ValueError(f"expected key=value after '|', got {shown(token)}")
         opts[key.strip()] = value.strip()
     return prompt.strip(), opts
 
@@ -272,6 +273,7 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
         try:
             root = loader.get_single_node()
             data = loader.construct_document(root) if root is not None else None
+            yamlfile.check_size(data)
         finally:
             loader.dispose()
     except yaml.YAMLError as e:
@@ -308,7 +310,7 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
         line = node.start_mark.line + 1
         opts = {"prompt": item} if isinstance(item, str) else item
         if not isinstance(opts, dict):
-            errors.append(f"{source}:{line}: a job is a prompt string or a mapping, got {item!r}")
+            errors.append(f"{source}:{line}: a job is a prompt string or a mapping, got {shown(item)}")
             continue
         try:
             jobs.append(make_job(opts, dataclasses.replace(base, index=index), (source, line), presets, base_dir))

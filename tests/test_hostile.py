@@ -1,0 +1,132 @@
+"""Hostile input, second round (issue 30): alias bombs, huge integers, control
+characters in names, dangling links and floods of unreadable files."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from xurdif.data import open_dataset
+from xurdif.recipe import DataCfg, RecipeError, load_recipe
+from xurdif.render.jobs import Job, JobError, load_jobs
+from xurdif.shown import clean, shown
+
+FIXTURE = Path(__file__).parent / "fixtures" / "emoji-faces-32"
+
+
+def bomb(levels: int, leaf: str = "x") -> str:
+    """`levels` lines of nine aliases each: 9 ** levels values once expanded."""
+    lines = [f"l0: &l0 [{', '.join([leaf] * 9)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_recipe_is_refused_in_one_line_and_at_once(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    p.write_text(bomb(9) + "data: {path: x}\ntrain: {images: 10, seed: *l8}\n")
+    started = time.process_time()
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert time.process_time() - started < 20  # it ran out of memory before
+    assert e.value.problems == [f"{p}: invalid YAML: expands to more than 2,000,000 values (YAML aliases, "
+                                "`*name`, repeat whole parts); write the values out or use fewer aliases"]
+
+
+def test_a_smaller_bomb_under_the_limit_is_shown_bounded(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    p.write_text(bomb(5) + "data: {path: x}\ntrain: {images: 10, seed: *l4}\n")  # 59,049 values
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    lines = [x for x in e.value.problems if "train.seed" in x]
+    assert len(lines) == 1 and len(lines[0]) < 300 + len(str(p)) and "..." in lines[0]
+    assert lines[0].startswith(f"{p}: train.seed: got [[[...], [...]") and lines[0].endswith("; expected an integer")
+
+
+def test_an_alias_bomb_job_file_is_refused(tmp_path):
+    f = tmp_path / "jobs.yaml"
+    f.write_text(bomb(9, "a") + "jobs: *l8\n")
+    with pytest.raises(JobError, match=r"jobs.yaml:1: invalid YAML: expands to more than 2,000,000 values"):
+        load_jobs(f, Job())
+
+
+def test_huge_integers_name_their_key_or_line(tmp_path):
+    digits = "7" * 5000
+    p = tmp_path / "r.yaml"
+    p.write_text(f"data: {{path: x}}\ntrain:\n  images: {digits}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert e.value.problems == [f"{p}: line 3 invalid YAML: an integer of 5000 digits; at most 40"]
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("data: {path: x}\ntrain: {images: 10}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ok, [f"train.images={digits}"])
+    assert e.value.problems[0].startswith("override train.images: invalid YAML value '777")
+    assert e.value.problems[0].endswith(": an integer of 5000 digits; at most 40") and len(e.value.problems[0]) < 200
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"jobs:\n  - a cat\n  - prompt: a dog\n    seed: {digits}\n")
+    with pytest.raises(JobError, match=r"jobs.yaml:4: invalid YAML: an integer of 5000 digits; at most 40"):
+        load_jobs(jobs, Job())
+    text = tmp_path / "prompts.txt"
+    text.write_text(f"a cat\na dog | seed={digits}\n")
+    found, errors, _ = load_jobs(text, Job())
+    assert [j.prompt for j in found] == ["a cat"] and len(errors) == 1
+    assert errors[0].startswith(f"{text}:2: ") and "seed must be an integer" in errors[0] and len(errors[0]) < 300
+
+
+def test_clean_and_shown_escape_control_characters():
+    assert clean("bad\nname\x1b[31mRED\u202e.png") == "bad\\nname\\x1b[31mRED\\u202e.png"
+    assert shown("a\nb") == "'a\\nb'"
+    assert shown(list(range(100))) == "[0, 1, 2, 3, 4, 5, ...]"
+    assert shown(int("9" * 4300) * 10) == "<an integer of over 4300 digits>"
+
+
+def unreadable(folder: Path, name: str) -> None:
+    (folder / name).write_bytes(b"not an image")
+
+
+def copy_fixture(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for name in sorted(os.listdir(FIXTURE))[:count]:
+        Image.open(FIXTURE / name).save(folder / name)
+
+
+def test_file_names_reach_the_log_escaped(tmp_path, caplog):
+    folder = tmp_path / "data"
+    copy_fixture(folder, 3)
+    unreadable(folder, "bad\nname\x1b[31mRED.png")
+    caplog.set_level(logging.WARNING, logger="xurdif.data")
+    data = open_dataset(DataCfg(path=str(folder), size=16))
+    assert len(data) == 3
+    [message] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in message and "\x1b" not in message
+    assert "bad\\nname\\x1b[31mRED.png" in message
+
+
+def test_a_dangling_link_is_skipped_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "data"
+    copy_fixture(folder, 2)
+    os.symlink(tmp_path / "gone.png", folder / "link.png")
+    caplog.set_level(logging.WARNING, logger="xurdif.data")
+    data = open_dataset(DataCfg(path=str(folder), size=16))
+    assert len(data) == 2 and [n for n, _ in data.skipped] == [str(folder / "link.png")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping image {folder / 'link.png'}: a symbolic link to {tmp_path / 'gone.png'}, which does not exist"]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_flood_of_unreadable_files_is_named_ten_times_then_counted(tmp_path, caplog, lazy):
+    folder = tmp_path / "data"
+    copy_fixture(folder, 2)
+    for i in range(25):
+        unreadable(folder, f"bad-{i:02d}.png")
+    caplog.set_level(logging.WARNING, logger="xurdif.data")
+    data = open_dataset(DataCfg(path=str(folder), size=16, cache_max_images=0 if lazy else 20000))
+    assert len(data) == 2 and len(data.skipped) == 25
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 11
+    assert all(m.startswith(f"skipping image {folder / f'bad-{i:02d}.png'}: ") for i, m in enumerate(messages[:10]))
+    assert messages[10] == "skipped 15 more unreadable images (25 of 27 in all)"

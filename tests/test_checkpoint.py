@@ -86,3 +86,17 @@ def test_only_safe_formats_are_read(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         C.load_checkpoint(path)
+
+
+def test_checkpoint_files_follow_the_umask_like_every_other_output(tmp_path):
+    """safetensors' save_file writes 0600; under umask 022 every file of a run folder is 0644."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = _save(tmp_path / "run", 10)
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes

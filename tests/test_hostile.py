@@ -130,3 +130,40 @@ def test_a_flood_of_unreadable_files_is_named_ten_times_then_counted(tmp_path, c
     assert len(messages) == 11
     assert all(m.startswith(f"skipping image {folder / f'bad-{i:02d}.png'}: ") for i, m in enumerate(messages[:10]))
     assert messages[10] == "skipped 15 more unreadable images (25 of 27 in all)"
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x", "9" * 50])
+def test_sample_batch_size_out_of_range_names_the_option(value, capsys):
+    from xurdif.render.cli import main as sample_main
+
+    with pytest.raises(SystemExit) as e:
+        sample_main(["model.safetensors", "--batch-size", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"xurdif-sample: error: argument --batch-size: expected an integer in 1..4096, got {value[:40]!r}"
+
+
+@pytest.mark.parametrize("argv, option, span", [
+    (["--samples", "1"], "--samples", "in 2..1000000"), (["--steps", "0"], "--steps", "in 1..1000"),
+    (["--kid-subsets", "-1"], "--kid-subsets", "in 1..100000")])
+def test_evaluate_numbers_out_of_range_name_the_option(argv, option, span, capsys):
+    from xurdif.evaluate.cli import main as evaluate_main
+
+    with pytest.raises(SystemExit):
+        evaluate_main(["--real", "x", *argv])
+    assert f"argument {option}: expected an integer {span}, got " in capsys.readouterr().err
+
+
+def test_make_shards_into_an_existing_file_is_one_line(tmp_path, capsys):
+    from xurdif.data.make_shards import main as make_shards_main
+
+    target = tmp_path / "existing.txt"
+    target.write_text("x")
+    assert make_shards_main([str(FIXTURE), str(target), "--size", "16"]) == 2
+    assert capsys.readouterr().err == (f"make_shards: {target}: is a file; OUT_DIR must be a folder "
+                                       "(new, or one holding shards)\n")
+    assert make_shards_main([str(FIXTURE), str(target / "below"), "--size", "16"]) == 2
+    assert capsys.readouterr().err.startswith(f"make_shards: {target}")
+    with pytest.raises(SystemExit):
+        make_shards_main([str(FIXTURE), str(tmp_path / "o"), "--per-shard", "0"])
+    assert "argument --per-shard: expected an integer in 1..10000000, got '0'" in capsys.readouterr().err

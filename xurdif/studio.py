@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli_args import int_in
 from .diffusion.samplers import SAMPLERS
 from .render.gallery import write_gallery
 from .render.jobs import Job, JobError, make_job
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xurdif-studio", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="runs", help="folder scanned for model files (default: runs)")
-    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--port", type=int_in(1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return p

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from xurdif.cli_args import int_in
 from xurdif.data.folder import scan_folder
 from xurdif.data.images import BadImage, DataError, decode_image, parse_colour, read_picture
 from xurdif.data.shard_files import INDEX_NAME, image_member, read_samples
@@ -125,13 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Then train with data.source: shards and data.shards: OUT_DIR.")
     p.add_argument("folder", metavar="FOLDER", type=Path, help="image folder, scanned recursively")
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where the .tar shards and index.json go")
-    p.add_argument("--per-shard", type=int, default=1000, metavar="N", help="images per shard (default 1000)")
-    p.add_argument("--size", type=int, default=64, metavar="S",
+    p.add_argument("--per-shard", type=int_in(1, 10_000_000), default=1000, metavar="N",
+                   help="images per shard (default 1000)")
+    p.add_argument("--size", type=int_in(8, 4096), default=64, metavar="S",
                    help="resize so the short side is S pixels (default 64); train at data.size <= S")
     p.add_argument("--background", default="#ffffff", help="colour transparency is composited on (default #ffffff)")
     p.add_argument("--format", choices=sorted(FORMATS), default="png", help="image encoding (default png, lossless)")
-    p.add_argument("--quality", type=int, default=95, help="jpg/webp quality (webp 100 = lossless)")
-    p.add_argument("--max-image-pixels", type=int, default=89_478_485, help="skip larger images")
+    p.add_argument("--quality", type=int_in(1, 100), default=95, help="jpg/webp quality (webp 100 = lossless)")
+    p.add_argument("--max-image-pixels", type=int_in(1), default=89_478_485, help="skip larger images")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default shard)")
     p.add_argument("--verify", action="store_true", help="read every shard back and report counts")
     return p
@@ -139,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.per_shard < 1 or args.size < 8:
-        print("make_shards: --per-shard must be >= 1 and --size >= 8", file=sys.stderr)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        print(f"make_shards: {args.out_dir}: is a file; OUT_DIR must be a folder (new, or one holding shards)",
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -148,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              args.format, args.quality, args.max_image_pixels, args.prefix)
     except DataError as e:
         print(f"make_shards: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # OUT_DIR under a file, no room, no permission: one line, not a traceback
+        print(f"make_shards: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"{index['total']} images in {len(index['shards'])} shards ({index['pattern']}) at {args.out_dir}, "
           f"{len(index['skipped'])} skipped")

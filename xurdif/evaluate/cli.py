@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write
+from ..cli_args import int_in
 from ..seeds import derive_seed
 from .cache import folder_features
 from .images import EvaluateError, list_images, load_samples
@@ -46,23 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of generated images (with --model: where the samples are written)")
     parser.add_argument("--model", type=Path, default=None,
                         help="instead of --fake: a run folder or .safetensors model to sample from")
-    parser.add_argument("--samples", type=int, default=500, help="with --model: how many samples (default 500)")
+    parser.add_argument("--samples", type=int_in(2, 1_000_000), default=500, help="with --model: how many samples (default 500)")
     parser.add_argument("--sampler", default="dpmpp_2m", help="with --model: sampler (default dpmpp_2m)")
-    parser.add_argument("--steps", type=int, default=20, help="with --model: sampler steps (default 20)")
+    parser.add_argument("--steps", type=int_in(1, 1000), default=20, help="with --model: sampler steps (default 20)")
     parser.add_argument("--json", type=Path, default=None,
                         help="report path (default: FAKE-eval.json next to the fake folder)")
     parser.add_argument("--picture", type=Path, default=None,
                         help="memorisation picture (default: the --json path with -memorisation.png)")
-    parser.add_argument("--show", type=int, default=8,
+    parser.add_argument("--show", type=int_in(0, 1000), default=8,
                         help="samples in the memorisation picture, most memorised first (default 8)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the real folder's Inception features are cached, keyed by its "
                              "files' names, sizes and mtimes (default: ~/.cache/xurdif/features)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=32, help="Inception batch size (default 32)")
-    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of KID subsets and SWD projections")
+    parser.add_argument("--batch-size", type=int_in(1, 4096), default=32, help="Inception batch size (default 32)")
+    parser.add_argument("--kid-subsets", type=int_in(1, 100_000), default=100, help="KID subsets (default 100)")
+    parser.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of KID subsets and SWD projections")
     return parser
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_args import int_in
 from ..diffusion.samplers import SAMPLERS
 from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
@@ -70,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", type=str,
                    help="MODEL:W1,W2,...: render the same seeds with (1-w)*this + w*MODEL, one contact sheet")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per sampler call (default 8)")
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=8, help="images per sampler call (default 8)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 autocast for the network (default fp32)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int_in(1, 1024), default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--overwrite", action="store_true", help="render finished images again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import fsync_path
+from ..atomic import current_umask, fsync_path
 from ..killpoint import kill_point
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def save_checkpoint(
             torch.save(scaler, tmp / "scaler.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
         files = {}
+        mode = 0o666 & ~current_umask()
         for f in sorted(tmp.iterdir()):
+            os.chmod(f, mode)  # safetensors writes 0600; the rest of a run folder follows the umask
             fsync_path(f)
             files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
         manifest = dict(state, files=files)

@@ -27,13 +27,20 @@ SAFE_TO_CHANGE = (
 )
 
 
+# A run stopped by SIGTERM / SIGINT / SIGUSR1 (checkpoint saved) exits with this, so a
+# scheduler or a rerun-until-success wrapper can tell "run me again" from "done" (0).
+# 75 is sysexits.h's EX_TEMPFAIL: a temporary failure, try again later.
+EXIT_STOPPED = 75
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="launch.py",
         description="Train a diffusion model from a YAML recipe. Run it with `accelerate launch launch.py RECIPE` "
         "(or plain `python launch.py RECIPE` for one process). SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop it "
-        "cleanly: it saves a checkpoint within one log interval (log.every_steps) and exits; the same command "
-        "resumes.",
+        "cleanly: it saves a checkpoint within one log interval (log.every_steps) and exits with status "
+        f"{EXIT_STOPPED} (stopped, not finished); the same command resumes. A finished run exits 0 (also one "
+        "ended by eval.stop_on_memorised), bad input 1 or 2.",
         epilog="Recipe keys (section.key = default):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -192,7 +199,7 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
             # Last, after the progress bar: what the operator reads when the command returns.
             print(f"stopped at step {trainer.clock.step}: checkpoint saved in {result}" if trainer.stopped
                   else f"done: {result}")
-        return 0
+        return EXIT_STOPPED if trainer.interrupted else 0
     except ModelFileError as e:  # model.init_from: one line, exit 2 like every tool given a bad model file
         print(f"error: model.init_from: {e}", file=sys.stderr)
         return 2

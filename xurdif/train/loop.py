@@ -460,6 +460,7 @@ class Trainer:
         saved_at = self.clock.step
         probe = None
         self.stopped = False
+        self.interrupted = False
         if checkpoint_dir(self.out.run_dir, saved_at).is_dir():
             self.export_if_stale()  # resumed from this folder: a kill may have cut the export
         while self.clock.step < total_steps:
@@ -513,6 +514,7 @@ class Trainer:
                                "(eval.stop_on_memorised)")
                 bar.close()
                 self.stopped = True
+                self.interrupted = not memorising  # a signal: the run is not finished
                 return path
         bar.close()
         self.out.sample_grid(self.ema, self.schedule, self.meta, self.clock.step)

@@ -167,3 +167,16 @@ def test_make_shards_into_an_existing_file_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_shards_main([str(FIXTURE), str(tmp_path / "o"), "--per-shard", "0"])
     assert "argument --per-shard: expected an integer in 1..10000000, got '0'" in capsys.readouterr().err
+
+
+def test_places_without_a_line_number_have_none(tmp_path, capsys):
+    from xurdif.render.cli import main as sample_main
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"")
+    assert sample_main([str(model), "--steps", "zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: command line: steps must be ") and ":0:" not in err
+    with pytest.raises(JobError) as e:
+        load_jobs(tmp_path / "missing.yaml", Job())
+    assert str(e.value).startswith(f"{tmp_path / 'missing.yaml'}: cannot read job file: ")

@@ -186,9 +186,10 @@ def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: d
              base_dir: Path | None = None) -> Job:
     """Apply options onto `base`, check them, return the Job (JobError on bad input)."""
     source, line = where
+    place = f"{source}:{line}" if line else source  # the command line has no line number
     values, problems = convert(Job, opts, text=True, names=OPTIONS, parsers=PARSERS)
     if problems:
-        raise JobError(f"{source}:{line}: {_say(problems[0])}")
+        raise JobError(f"{place}: {_say(problems[0])}")
     if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
         values["init"] = str(base_dir / values["init"])
     if values.get("merge") and base_dir is not None:
@@ -199,7 +200,7 @@ def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: d
     try:
         validate(job, presets)
     except ValueError as e:
-        raise JobError(f"{source}:{line}: {e}") from None
+        raise JobError(f"{place}: {e}") from None
     return job
 
 
@@ -326,7 +327,7 @@ def load_jobs(path: str | Path, base: Job, cli_defaults: dict[str, Any] | None =
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise JobError(f"{path}:0: cannot read job file: {e}") from None
+        raise JobError(f"{path}: cannot read job file: {e}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         return parse_yaml_text(text, str(path), base, cli_defaults, path.parent)
     base = dataclasses.replace(base, **(cli_defaults or {}))

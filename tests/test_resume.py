@@ -172,3 +172,43 @@ def test_resume_from_a_checkpoint_of_other_noise_draws_warns(tmp_path):
     (ck / "manifest.json").write_text(json.dumps(manifest))
     res = run(out, "train.steps=12")
     assert "resumed from" in res.stderr and "drew its noise differently" in res.stderr
+
+
+def live_ranks(out: Path) -> list[int]:
+    """Processes whose command line trains into `out`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"train.output_dir={out}".encode() in args and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_die_with_their_launcher_and_the_rerun_is_bitwise_identical(tmp_path):
+    """kill -9 of `accelerate launch`'s process group: torch puts each rank in a session of
+    its own, so before the fix both ranks trained on as orphans. Now they stop (checkpoint,
+    exit) and the same command finishes the run as if nothing happened."""
+    extra = ["train.batch_size=4"]
+    whole = tmp_path / "whole"
+    run(whole, *extra, procs=2)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cmd(out, *extra, procs=2), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-0000008").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 120
+    while live_ranks(out):
+        assert time.time() < deadline, f"ranks outlived their launcher: {live_ranks(out)}"
+        time.sleep(0.2)
+    res = run(out, *extra, procs=2)
+    assert "resumed from" in res.stderr
+    assert_identical(weights(out), weights(whole))

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..cli_args import int_in
+from ..lock import FolderBusy
 from ..diffusion.samplers import SAMPLERS
 from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as e:
         err(e)
         return 2
+    except FolderBusy as e:  # another renderer is writing args.out: it would render every image again
+        err(e)
+        return 1
     failures += result.failures
     print(f"{result.written} images written, {result.skipped} already done, to {args.out}")
     print(f"gallery: {write_gallery(args.out, failures)}")

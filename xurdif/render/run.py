@@ -24,6 +24,7 @@ from ..data.images import BadImage, read_picture
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..diffusion.tiled import TiledDenoiser
+from ..lock import folder_lock
 from ..postprocess import parse_chain, apply_chain
 from ..weights import load_denoiser, model_sha256, resolve_model_path
 from . import outputs
@@ -175,6 +176,16 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
            batch_size: int = 8, device: str | torch.device = "cpu", overwrite: bool = False,
            presets: dict[str, str] | None = None, precision: str = "fp32",
            progress: bool = True) -> Result:
+    """Render every job into out_dir, skipping finished images. One renderer per folder:
+    FolderBusy (one line naming the holder) while another holds it."""
+    with folder_lock(out_dir, "renderer"):
+        return _render(model, jobs, Path(out_dir), weights=weights, batch_size=batch_size, device=device,
+                       overwrite=overwrite, presets=presets, precision=precision, progress=progress)
+
+
+def _render(model: str | Path, jobs: list[Job], out_dir: Path, *, weights: str, batch_size: int,
+            device: str | torch.device, overwrite: bool, presets: dict[str, str] | None, precision: str,
+            progress: bool) -> Result:
     model_path = resolve_model_path(model)
     den, meta = load_denoiser(model_path, weights, device)
     sha = model_sha256(model_path)

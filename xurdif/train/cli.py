@@ -3,6 +3,7 @@ fresh start and a resume, then train."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -168,19 +169,47 @@ def main(argv: list[str] | None = None) -> int:
     return train(recipe, args.resume, args.restart)
 
 
+def hold_run_folder(recipe: Recipe, acc, held: contextlib.ExitStack) -> str | None:
+    """One training run per run folder: every process takes a lock (rank 0 the folder's
+    own, whatever the process count), and all give up together when any lock is held
+    elsewhere. Returns the message for the operator, or None when the folder is ours."""
+    import torch
+
+    from ..lock import FolderBusy, folder_lock
+
+    part = "" if acc.process_index == 0 else f".rank{acc.process_index}"
+    try:
+        held.enter_context(folder_lock(recipe.run_dir, "training run", part))
+        busy = None
+    except FolderBusy as e:
+        busy = str(e)
+    if acc.num_processes > 1:
+        flag = acc.reduce(torch.tensor(float(busy is not None), device=acc.device), "sum")
+        if float(flag) > 0 and busy is None:
+            busy = f"{recipe.run_dir}: another training run holds it"
+    return busy
+
+
 def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     from ..data import DataError
     from ..weights import ModelFileError
     from .loop import NonFiniteError, Trainer, make_accelerator
     from .outputs import RunOutputs
-    from .signals import StopRequest
+    from .signals import StopRequest, stop_with_launcher
 
     acc = make_accelerator(recipe)
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     stop = StopRequest().install()
+    stop_with_launcher()
     outputs = None
+    held = contextlib.ExitStack()
     try:
+        busy = hold_run_folder(recipe, acc, held)
+        if busy:
+            if acc.is_main_process:
+                print(f"error: {busy}", file=sys.stderr)
+            return 1
         start, set_aside = choose_start(recipe, resume, restart)
         outputs = RunOutputs(recipe, recipe.run_dir, acc.is_main_process)
         trainer = Trainer(recipe, acc, outputs)  # opens the dataset: bad data leaves no run folder
@@ -210,4 +239,5 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         stop.uninstall()
         if outputs is not None:
             outputs.close()
+        held.close()
         acc.end_training()

@@ -36,3 +36,28 @@ class StopRequest:
             return self.flag
         t = torch.tensor(float(self.flag), device=accelerator.device)
         return bool(accelerator.reduce(t, "sum") > 0)
+
+
+def stop_with_launcher() -> bool:
+    """Under a launcher (accelerate / torchrun set LOCAL_RANK), ask the kernel for SIGTERM
+    when the launcher dies: torch starts each rank in a session of its own, so a kill -9
+    of the launcher's process group left the ranks training on, as orphans holding the
+    run folder and the rendezvous port. SIGTERM makes them save and exit like any stop.
+    Linux only; True when armed."""
+    import ctypes
+    import os
+    import sys
+
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -213,6 +214,13 @@ class Problem:
     message: str = ""        # invalid: the field parser's own words
 
 
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict[str, Any]:
+    """typing.get_type_hints, once per class: evaluating them for every job made a
+    5,000-job file take 7 s to load."""
+    return typing.get_type_hints(cls)
+
+
 def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | None = None,
             parsers: dict[str, Callable[[Any], Any]] | None = None, prefix: str = ""
             ) -> tuple[dict[str, Any], list[Problem]]:
@@ -226,7 +234,7 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
     if not isinstance(data, dict):
         return {}, [Problem(prefix.rstrip("."), "mapping", data)]
     parsers = parsers or {}
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     valid = list(names) if names is not None else list(fields)
     values: dict[str, Any] = {}

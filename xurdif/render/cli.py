@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while loading jobs or the model; rendering handles its own
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     err = lambda msg: print(f"error: {msg}", file=sys.stderr)
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}

@@ -99,7 +99,7 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
 
 
 def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, monkeypatch):
-    """eval.time_share: the next evaluation waits until training has run cost * (1 - share) / share."""
+    """eval.time_share: the next evaluation waits until it fits, with all before it, in the share of the time."""
     monkeypatch.setattr(loop, "FIRST_EVAL_AFTER_S", 0.0)
     common = ["optim.warmup_images=0", "eval.kid_every_steps=0", "eval.time_share=0.5"]
     scripted.monitor.seconds = 0.0  # free: every log step (5 of 8 steps) is due

@@ -386,9 +386,10 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     def eval_due(self, step: int, log_step: bool) -> bool:
-        """Every eval.kid_every_steps steps, and with eval.time_share at the log step where the
-        time trained since the last evaluation reaches what it took times (1 - share) / share.
-        Rank 0's clock decides for every rank."""
+        """Every eval.kid_every_steps steps, and with eval.time_share at each log step where one
+        more evaluation (costed at what the last took) keeps all of this session's evaluations,
+        their one-off set-up included, within the share of its time. Rank 0's clock decides
+        for every rank."""
         e = self.r.eval
         if e.kid_every_steps and step % e.kid_every_steps == 0:
             return True
@@ -401,7 +402,7 @@ class Trainer:
                 due = (self.clock.images_seen >= self.r.optim.warmup_images
                        and now - self.born >= FIRST_EVAL_AFTER_S)
             else:
-                due = now - self.eval_ended >= self.kid.seconds * (1 - e.time_share) / e.time_share
+                due = self.eval_seconds + self.kid.seconds <= e.time_share * (now - self.born)
         return self.any_rank(due)
 
     def evaluate(self, step: int) -> bool:

@@ -477,7 +477,8 @@ def test_a_bare_list_of_jobs_is_caught(tmp_path):
 def test_bad_guidance_in_a_job_file_is_caught(tmp_path):
     block = md("jobs:\n  - prompt: a fox\n    guidance: {stlye: refs/paper.png}\n", "yaml")
     [problem] = check_block(block, tmp_path)
-    assert problem.startswith("doc.md:5: guidance: unknown key 'stlye'; did you mean 'style'?")
+    # Line 6: the bad key's own line (the job starts on 5).
+    assert problem.startswith("doc.md:6: guidance: unknown key 'stlye'; did you mean 'style'?")
 
 
 def test_guidance_blocks_are_parsed(tmp_path):

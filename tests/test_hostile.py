@@ -180,3 +180,15 @@ def test_places_without_a_line_number_have_none(tmp_path, capsys):
     with pytest.raises(JobError) as e:
         load_jobs(tmp_path / "missing.yaml", Job())
     assert str(e.value).startswith(f"{tmp_path / 'missing.yaml'}: cannot read job file: ")
+
+
+def test_job_file_errors_name_the_line_of_the_bad_key(tmp_path):
+    f = tmp_path / "jobs.yaml"
+    f.write_text("jobs:\n  - prompt: a fox\n    n: 2\n    guidance:\n      scale: 0.05\n      stlye: paper.png\n"
+                 "  - prompt: a cat\n    n: 2\n    steps: 5000\n  - prompt: a dog\n    guidance:\n"
+                 "      cut_min: 2\n")
+    jobs, errors, _ = load_jobs(f, Job())
+    assert jobs == []
+    assert [e.split(": ")[0] for e in errors] == [f"{f}:6", f"{f}:9", f"{f}:12"], errors
+    assert "unknown key 'stlye'" in errors[0] and "steps must be in 1..1000" in errors[1]
+    assert errors[2].startswith(f"{f}:12: guidance.cut_min: 2.0 is invalid")

@@ -182,14 +182,34 @@ def _say(p: Problem) -> str:
     return f"{p.key} must be {p.expected}, got {shown(p.value)}"
 
 
+def _line_of(message: str, key_lines: dict[str, int], line: int) -> int:
+    """The line of the key an error is about (`guidance.scale`, `seed`), else the job's."""
+    m = re.match(r"(?:guidance(?:\.(\w+))?: (?:unknown key '(\w+)')?|unknown option '(\w+)'|(\w+) must )",
+                 message)
+    if not m:
+        return line
+    sub = m.group(1) or m.group(2)
+    if m.group(3) or m.group(4):
+        return key_lines.get(m.group(3) or m.group(4), line)
+    return key_lines.get(f"guidance.{sub}", key_lines.get("guidance", line))
+
+
 def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: dict[str, str],
-             base_dir: Path | None = None) -> Job:
-    """Apply options onto `base`, check them, return the Job (JobError on bad input)."""
+             base_dir: Path | None = None, key_lines: dict[str, int] | None = None) -> Job:
+    """Apply options onto `base`, check them, return the Job (JobError on bad input).
+    key_lines (YAML job files): the line of each key, and of each guidance key as
+    `guidance.KEY`, so an error names the line of the key it is about."""
     source, line = where
-    place = f"{source}:{line}" if line else source  # the command line has no line number
+    key_lines = key_lines or {}
+
+    def place(message: str) -> str:
+        at = _line_of(message, key_lines, line)
+        return f"{source}:{at}" if at else source  # the command line has no line number
+
     values, problems = convert(Job, opts, text=True, names=OPTIONS, parsers=PARSERS)
     if problems:
-        raise JobError(f"{place}: {_say(problems[0])}")
+        message = _say(problems[0])
+        raise JobError(f"{place(message)}: {message}")
     if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
         values["init"] = str(base_dir / values["init"])
     if values.get("merge") and base_dir is not None:
@@ -199,8 +219,12 @@ def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: d
     job = dataclasses.replace(base, **values, source=source, line=line)
     try:
         validate(job, presets)
+        if job.guidance and key_lines:  # a job file: check guidance here, where its lines are known
+            from ..guidance import parse_guidance
+
+            parse_guidance(job.guidance)
     except ValueError as e:
-        raise JobError(f"{place}: {e}") from None
+        raise JobError(f"{place(str(e))}: {e}") from None
     return job
 
 
@@ -266,6 +290,17 @@ class _LineLoader(yamlfile.Loader):
     """The safe loader refusing duplicate keys; we read line numbers from the composed node tree."""
 
 
+def key_lines(node: yaml.Node) -> dict[str, int]:
+    """A job mapping node's keys and its guidance keys (`guidance.KEY`) -> their lines."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            lines[str(k.value)] = k.start_mark.line + 1
+            if k.value == "guidance" and isinstance(v, yaml.MappingNode):
+                lines.update({f"guidance.{gk.value}": gk.start_mark.line + 1 for gk, _ in v.value})
+    return lines
+
+
 def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, Any] | None = None,
                     base_dir: Path | None = None) -> tuple[list[Job], list[str], dict[str, str]]:
     """Jobs, error lines and postprocessing presets from a YAML job file."""
@@ -296,8 +331,9 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
     if not isinstance(defaults, dict):
         raise JobError(f"{source}:{lines.get('defaults', 1)}: defaults must be a mapping of job options")
     # Check the defaults once, with a placeholder prompt, for their own line numbers.
+    defaults_node = next((v for k, v in root.value if k.value == "defaults"), None)
     base = make_job({"prompt": "defaults", **defaults}, base, (source, lines.get("defaults", 1)),
-                    presets, base_dir)
+                    presets, base_dir, key_lines(defaults_node) if defaults_node is not None else None)
     if cli_defaults:
         base = dataclasses.replace(base, **cli_defaults)
     base = dataclasses.replace(base, prompt="")
@@ -314,7 +350,8 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
             errors.append(f"{source}:{line}: a job is a prompt string or a mapping, got {shown(item)}")
             continue
         try:
-            jobs.append(make_job(opts, dataclasses.replace(base, index=index), (source, line), presets, base_dir))
+            jobs.append(make_job(opts, dataclasses.replace(base, index=index), (source, line), presets, base_dir,
+                                 key_lines(node)))
         except JobError as e:
             errors.append(str(e))
     return jobs, errors, presets

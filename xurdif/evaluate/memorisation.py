@@ -10,7 +10,8 @@ Two pixel distances, both with the rule calibrated in pixel space:
   image (so a recoloured copy still matches), the best of every shift up to a tenth of
   the side and of both horizontal orientations (so a copy moved by a few pixels
   or mirrored still matches). Shifted copies defeat plain L2: on the sprites
-  their ratios were 0.86-1.00; here 0.00-0.02 (docs/quality.md, "copy detector").
+  their ratios were 0.86-1.00; here 0.00-0.01 (bench/copy_detector.py; docs/quality.md,
+  "The copy detector").
 - `pixel_memorisation`: plain L2 on [0, 1] RGB at the training size (flipped
   too), reported beside it as the published rule's own number.
 Inception features were not used for the verdict: they treat two different

@@ -153,7 +153,8 @@ class Trainer:
             "seconds": round(self.seconds_before + time.perf_counter() - self.born, 3),
             "best_kid": self.best_kid, "memorised_warned": self.memorised_warned,
             "first_copy_step": self.first_copy_step,
-            # A time budget's length, fixed once from the measured speed: a resume keeps it.
+            # A time budget's length as last fitted (measured, then refitted at checkpoints): a resume
+            # goes on from it.
             "time_budget_s": self.budget_s, "total_images": self.total if self.measured_total() else None,
             "noise_draws": draws.VERSION,
         }

@@ -334,7 +334,7 @@ def test_cli_scores_against_held_out_images_and_checks_copies_against_training(t
     assert report["samples"][-1]["nearest"] == pngs[3]
     assert report["memorisation"]["pixel_l2"]["count"] == 0  # plain L2 misses the moved copy
     table = capsys.readouterr().out
-    assert "1 / 5 = 20.0 %" in table and "by plain pixel L2 alone" in table
+    assert "1 / 5 = 20.0 %" in table and "by plain pixel L2" in table
     # Four of the five samples are held-out images: KID is lower against them than against training.
     assert main(["--real", str(train), "--fake", str(fake), "--no-cache", "--kid-subsets", "10",
                  "--json", str(tmp_path / "vs-train.json")]) == 0

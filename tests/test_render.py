@@ -108,16 +108,17 @@ jobs:
     n: 2
     post: mine
     init: fox.png
-    guidance: {clip_scale: 0.5}
+    guidance: {scale: 0.5}
   - prompt: broken
     stepz: 3
 """)
     jobs, errors, presets = load_jobs(f, Job(), {"n": 4})
     assert [j.prompt for j in jobs] == ["plain prompt", "guided"]
     assert jobs[0].steps == 12 and jobs[0].sampler == "dpmpp_2m" and jobs[0].n == 4
-    assert jobs[1].n == 2 and jobs[1].guidance == {"clip_scale": 0.5} and jobs[1].line == 6
+    assert jobs[1].n == 2 and jobs[1].guidance == {"scale": 0.5} and jobs[1].line == 6
     assert jobs[1].init == str(tmp_path / "fox.png") and presets == {"mine": "contrast:1.2,grain:0.01"}
-    assert errors[0].startswith(f"{f}:11: unknown option 'stepz'; did you mean 'steps'?")
+    # The line of the bad key (the job starts on 11).
+    assert errors[0].startswith(f"{f}:12: unknown option 'stepz'; did you mean 'steps'?")
     f.write_text("default: {}\njobs: [a]\n")
     with pytest.raises(JobError, match=r"jobs.yaml:1: unknown key 'default'; did you mean 'defaults'"):
         load_jobs(f, Job())
@@ -326,11 +327,13 @@ def test_bad_guidance_key_is_reported_with_job_file_and_line(model_file, tmp_pat
     f = tmp_path / "jobs.yaml"
     f.write_text("jobs:\n  - fine\n  - {prompt: bad key, guidance: {sclae: 2}}\n")
     jobs, errors, _ = load_jobs(f, Job(steps=1))
-    assert errors == [] and len(jobs) == 2
-    res = render(model_file, jobs[1:], tmp_path / "out", progress=False)
-    assert res.failures == [f"{f}:3: guidance: unknown key 'sclae'; did you mean 'scale'? valid keys: "
-                            + ", ".join(GUIDANCE_KEYS)]
-    assert res.written == 0
+    message = "guidance: unknown key 'sclae'; did you mean 'scale'? valid keys: " + ", ".join(GUIDANCE_KEYS)
+    # Found while the job file loads (the bad job fails alone, the others render) ...
+    assert errors == [f"{f}:3: {message}"] and [j.prompt for j in jobs] == ["fine"]
+    # ... and by the renderer for a job made otherwise (the studio's, say).
+    bad = Job(prompt="bad key", steps=1, guidance={"sclae": 2}, source=str(f), line=3)
+    res = render(model_file, [bad], tmp_path / "out", progress=False)
+    assert res.failures == [f"{f}:3: {message}"] and res.written == 0
 
 
 def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_path, capsys):

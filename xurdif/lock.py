@@ -3,8 +3,10 @@
 The kernel releases it when the holder dies, however it dies (kill -9 too), so a
 crash never leaves a folder locked; a second writer gets one clear line instead of
 doubling the first one's work (two renderers into one folder wrote every image twice
-and a manifest of 24 lines for 12 files). The file lives beside the folder, not in it,
-so it survives the folder being renamed (--restart) and is never mistaken for output.
+and a manifest of 24 lines for 12 files). A training run's lock lives beside its
+folder, so it survives the folder being renamed (--restart) and is never mistaken
+for run output; a renderer's lives inside its output folder (`.xurdif.lock`), where
+all it writes belongs.
 """
 from __future__ import annotations
 
@@ -20,16 +22,17 @@ class FolderBusy(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-def lock_path(folder: Path, part: str = "") -> Path:
+def lock_path(folder: Path, part: str = "", inside: bool = False) -> Path:
     folder = Path(folder).absolute()
-    return folder.with_name(f".{folder.name}{part}.lock")
+    return folder / f".xurdif{part}.lock" if inside else folder.with_name(f".{folder.name}{part}.lock")
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str, part: str = "") -> Iterator[Path]:
+def folder_lock(folder: str | Path, what: str, part: str = "", inside: bool = False) -> Iterator[Path]:
     """Hold `folder`'s lock for the block (`part` names one of several locks of a folder,
-    e.g. one per training process). FolderBusy names the holder when it is taken."""
-    path = lock_path(Path(folder), part)
+    e.g. one per training process; `inside`: the lock file in the folder, not beside it).
+    FolderBusy names the holder when it is taken."""
+    path = lock_path(Path(folder), part, inside)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:

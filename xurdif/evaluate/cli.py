@@ -102,10 +102,10 @@ def sample_verdicts(report: dict, fake_files: list[str], real_files: list[str]) 
     n_train = len(real_files)
     return [{"file": name, "copy": ratio < m["threshold"], "nearest": real_files[nearest],
              "mirrored": row >= n_train, "second": real_files[second], "ratio": ratio, "distance": distance,
-             "pixel_l2_ratio": pixel}
-            for name, ratio, nearest, row, second, distance, pixel in zip(
+             "robust_ratio": robust, "pixel_l2_ratio": pixel}
+            for name, ratio, nearest, row, second, distance, robust, pixel in zip(
                 fake_files, m["ratio"], m["nearest"], m["nearest_row"], m["second"], m["distance"],
-                m["pixel_l2"]["ratio"])]
+                m["robust"]["ratio"], m["pixel_l2"]["ratio"])]
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -178,7 +178,7 @@ def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: 
            progress: bool = True) -> Result:
     """Render every job into out_dir, skipping finished images. One renderer per folder:
     FolderBusy (one line naming the holder) while another holds it."""
-    with folder_lock(out_dir, "renderer"):
+    with folder_lock(out_dir, "renderer", inside=True):
         return _render(model, jobs, Path(out_dir), weights=weights, batch_size=batch_size, device=device,
                        overwrite=overwrite, presets=presets, precision=precision, progress=progress)
 

@@ -60,8 +60,9 @@ class KidMonitor:
                  steps: int | None = None) -> dict[str, float]:
         """Scores of `samples` (default eval.kid_samples) samples of `steps` (eval.kid_steps) sampler steps:
         kid (against held-out images when there are any), kid_std, kid_train (against the
-        training images), memorised (robust) and memorised_pixel (plain pixel L2)."""
-        from ..evaluate import kid, memorisation_picture, pixel_memorisation, robust_memorisation
+        training images), memorised (either test), memorised_robust and memorised_pixel."""
+        from ..evaluate import kid, memorisation_picture
+        from ..evaluate.memorisation import copy_verdict
 
         if self.train is None:
             self._setup()
@@ -80,9 +81,9 @@ class KidMonitor:
         scores = {"kid": kid_train, "kid_std": kid_train_std, "kid_train": kid_train}
         if self.heldout_feats is not None:
             scores["kid"], scores["kid_std"] = kid(self.heldout_feats, fake_feats)
-        memo, rows = robust_memorisation(fake, self.train)
+        memo, rows, robust, plain = copy_verdict(fake, self.train)
         scores["memorised"] = memo.fraction
+        scores["memorised_robust"], scores["memorised_pixel"] = robust.fraction, plain.fraction
         self.picture = memorisation_picture(fake, rows, memo, count=6)
-        scores["memorised_pixel"] = pixel_memorisation(fake, self.train)[0].fraction
         self.seconds = time.perf_counter() - started
         return scores

@@ -14,8 +14,8 @@ Three steps, each a subcommand:
          part, eval.time_share of the time) and checkpoints kept along the way.
          --jobs runs variants side by side (on a GPU: several on one card).
   score  samples every kept checkpoint (EMA weights) and scores it: KID against the
-         held-out images, KID against the training images, the memorised share
-         (shift-, flip- and colour-aware) and plain pixel L2's. Writes a JSON per run,
+         held-out images, KID against the training images, the share of copies (either
+         test) and each test's own. Writes a JSON per run,
          curves (SVG) and sample grids at three points, and the closest pairs of the
          model keep-best kept and of the last one. Runs on the CPU afterwards.
 
@@ -23,6 +23,8 @@ Three steps, each a subcommand:
   .venv/bin/python bench/long_run.py train --out runs/long --size 32 --minutes 60 \\
       --variant small-data=
   .venv/bin/python bench/long_run.py score --out runs/long --samples 256
+  .venv/bin/python tools/evaluate.py --real runs/long/train --heldout runs/long/heldout \
+      --model runs/long/runs/small-data/model-best.safetensors --samples 256
 
 The GPU version is bench/long_run_gpu.sh (one command). One seed per variant.
 """
@@ -268,12 +270,13 @@ def score(args) -> None:
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from xurdif.evaluate import (InceptionFeatures, kid, load_folder, memorisation_picture, pixel_memorisation,
-                                 robust_memorisation)
+    from xurdif.evaluate import InceptionFeatures, kid, load_folder, memorisation_picture
+    from xurdif.evaluate.memorisation import copy_verdict
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.from_dir:
-        runs = [(p.name.removesuffix(".pt.xz"), stored_samples(p)) for p in sorted(args.from_dir.glob("*.pt.xz"))]
+        runs = [(p.name.removesuffix(".pt.xz"), stored_samples(p)) for p in sorted(args.from_dir.glob("*.pt.xz"))
+                if not args.only or p.name.removesuffix(".pt.xz") in args.only.split(",")]
     else:
         runs = [(r.name, sampled_checkpoints(r, args.samples, args.steps, device)) for r in study_runs(args)]
     extractor = InceptionFeatures(device=device)
@@ -288,15 +291,16 @@ def score(args) -> None:
                 cache[size] = (train, held, extractor(train), extractor(held))
             train, held, train_f, held_f = cache[size]
             feats = extractor(fake)
-            memo, refs = robust_memorisation(fake, train)
+            memo, refs, robust, plain = copy_verdict(fake, train)
             row = {"step": state["step"], "images_seen": state["images_seen"],
                    "kid_heldout": kid(held_f, feats)[0], "kid_train": kid(train_f, feats)[0],
-                   "memorised": memo.fraction, "memorised_pixel": pixel_memorisation(fake, train)[0].fraction,
-                   "checkpoint": ckpt_name}
+                   "memorised": memo.fraction, "memorised_robust": robust.fraction,
+                   "memorised_pixel": plain.fraction, "checkpoint": ckpt_name}
             rows.append(row)
             print(f"[{name}] {ckpt_name}: images {row['images_seen']:>9,}  KID held-out "
                   f"{row['kid_heldout'] * 1e3:7.2f}  KID train {row['kid_train'] * 1e3:7.2f}  memorised "
-                  f"{row['memorised']:.1%} (pixel L2 {row['memorised_pixel']:.1%})", flush=True)
+                  f"{row['memorised']:.1%} (robust {row['memorised_robust']:.1%}, "
+                  f"pixel L2 {row['memorised_pixel']:.1%})", flush=True)
             save_image(make_grid(fake[:36].float() / 255, nrow=6, padding=1, pad_value=1.0),
                        args.out / f"{name}-{ckpt_name}.png")
             save_image(memorisation_picture(fake, refs, memo, count=6).float() / 255,
@@ -343,7 +347,8 @@ def write_curves(path: Path, name: str, rows: list[dict], best: int | None) -> N
                          [("held-out", list(zip(x, [r["kid_heldout"] * 1e3 for r in rows]))),
                           ("training images", list(zip(x, [r["kid_train"] * 1e3 for r in rows])))], f"{name}-kid")
     memo_plot = line_plot(f"{name}: memorised % against images seen",
-                          [("shift/flip/colour aware", list(zip(x, [r["memorised"] * 100 for r in rows]))),
+                          [("either test (the verdict)", list(zip(x, [r["memorised"] * 100 for r in rows]))),
+                           ("shift/flip/colour aware", list(zip(x, [r["memorised_robust"] * 100 for r in rows]))),
                            ("plain pixel L2", list(zip(x, [r["memorised_pixel"] * 100 for r in rows])))],
                           f"{name}-memo")
     path.write_text(f"<div>{kid_plot}{memo_plot}</div>\n")

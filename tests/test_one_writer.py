@@ -22,10 +22,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_lock_is_refused_while_held_and_free_after(tmp_path):
+    code = ("import sys; from xurdif.lock import folder_lock\n"
+            f"with folder_lock({str(tmp_path / 'out')!r}, 'renderer'):\n    print('no', flush=True)")
     with folder_lock(tmp_path / "out", "renderer"):
-        with pytest.raises(FolderBusy, match=rf"^{tmp_path / 'out'}: renderer pid {os.getpid()} \(since "):
+        with pytest.raises(FolderBusy, match=rf"^{tmp_path / 'out'}: this process \(pid {os.getpid()}\) is "):
             with folder_lock(tmp_path / "out", "renderer"):
                 pass
+        # The refusal above did not drop the lock: another process is still turned away.
+        other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        assert other.returncode == 1 and "FolderBusy" in other.stderr
+        assert f"renderer pid {os.getpid()} (since " in other.stderr
     with folder_lock(tmp_path / "out", "renderer"):  # released
         pass
 

@@ -192,3 +192,26 @@ def test_job_file_errors_name_the_line_of_the_bad_key(tmp_path):
     assert [e.split(": ")[0] for e in errors] == [f"{f}:6", f"{f}:9", f"{f}:12"], errors
     assert "unknown key 'stlye'" in errors[0] and "steps must be in 1..1000" in errors[1]
     assert errors[2].startswith(f"{f}:12: guidance.cut_min: 2.0 is invalid")
+
+
+def test_shard_member_names_reach_the_log_escaped(tmp_path, caplog):
+    import io
+    import tarfile
+
+    from xurdif.data.shard_files import read_samples
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        data = b"not an image"
+        info = tarfile.TarInfo("bad\nname\x1b[31m.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        data = b"\x80\x03}q\x00."
+        info = tarfile.TarInfo("evil\x1b[2J.pickle")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    caplog.set_level(logging.WARNING, logger="xurdif")
+    list(read_samples(str(shard), allow_pickle=False))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("\\x1b" in m for m in messages), messages  # the name is there, escaped
+    assert all("\x1b" not in m and "\n" not in m for m in messages), messages

@@ -15,6 +15,7 @@ from typing import IO, Any, Callable, Iterator, Optional
 from xurdif.data.images import DataError, display_path
 from xurdif.recipe import DataCfg
 from xurdif.seeds import derive_seed
+from xurdif.shown import clean
 
 log = logging.getLogger("xurdif.data")
 
@@ -123,7 +124,7 @@ def pickle_text(url: str, name: str) -> str:
 
 
 def _warn(where: str, reason: str) -> None:
-    log.warning("skipping %s: %s", where, reason)
+    log.warning("skipping %s: %s", clean(where), clean(reason))
 
 
 def read_samples(url: str, allow_pickle: bool, report: Callable[[str, str], None] = _warn

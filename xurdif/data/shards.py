@@ -31,6 +31,7 @@ from xurdif.data.augment import crop_flip, to_model_range
 from xurdif.data.images import BadImage, DataError, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
 from xurdif.seeds import derive_seed
+from xurdif.shown import clean
 
 log = logging.getLogger("xurdif.data")
 
@@ -120,7 +121,7 @@ class ShardStream:
         self._reported.add(where)
         self.skipped.append((where, reason))
         what = "shard" if where in self._all_urls else "shard member"
-        log.warning("skipping %s %s: %s", what, where, reason)
+        log.warning("skipping %s %s: %s", what, clean(where), clean(reason))  # member names are anyone's
 
     def _found(self, where: str, reason: str) -> None:
         """A problem seen while streaming; stream() reports it (workers are other processes)."""

@@ -215,3 +215,18 @@ def test_shard_member_names_reach_the_log_escaped(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("\\x1b" in m for m in messages), messages  # the name is there, escaped
     assert all("\x1b" not in m and "\n" not in m for m in messages), messages
+
+
+def test_ctrl_c_while_loading_jobs_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    from xurdif.render import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_jobs", interrupted)
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a cat\n")
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"")
+    assert cli.main([str(model), str(jobs)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"

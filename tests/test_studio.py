@@ -113,6 +113,9 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
     gallery, message = client.predict(*form(model, init=handle_file(str(tmp_path / "broken.png"))),
                                       api_name="/render")
     assert gallery == [] and message.startswith("Error: cannot read init image ") and "broken.png" in message
+    # The job's origin ("studio: ") is left out: the page is the context.
+    gallery, message = client.predict(*form(model, size="abc"), api_name="/render")
+    assert gallery == [] and message == "Error: size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got 'abc'"
 
 
 def launch_chromium(p):

@@ -29,7 +29,8 @@ WHERE = ("studio", 0)  # a job's origin: stripped from messages, the page is the
 
 
 def message(text: str) -> str:
-    return text.replace(f"{WHERE[0]}:{WHERE[1]}: ", "")
+    # make_job names the origin as "studio: " (no line) or "studio:N: "
+    return re.sub(rf"\b{WHERE[0]}(:\d+)?: ", "", text)
 
 
 @dataclass

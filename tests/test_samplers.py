@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from xurdif.diffusion.samplers import (
-    SAMPLERS, ddim, ddpm, dpmpp_2m, randn, sample, spaced_timesteps, start_timestep,
+    SAMPLERS, ddim, ddpm, dpmpp_2m, randn, sample, sampler_steps, spaced_timesteps, start_timestep,
 )
+from xurdif.diffusion.spacing import log_snr_table, nearest_timesteps, timesteps_for
 from xurdif.diffusion.denoiser import Denoiser
 from xurdif.diffusion.schedule import make_schedule
 
@@ -79,7 +80,7 @@ def test_deterministic_samplers_converge_to_exact_ode_solution(oracle):
 
 
 @pytest.mark.parametrize("name,steps,bias", [("ddim", 100, 0.035), ("dpmpp_2m", 50, 0.01),
-                                             ("ddpm", 200, 0.04)])
+                                             ("ddpm", 200, 0.04), ("dpmpp_3m", 50, 0.02), ("edm", 100, 0.03)])
 def test_sample_statistics_match_data(oracle, name, steps, bias):
     n = 1000
     out = sample(oracle, (n, *SHAPE), name, steps, generator=torch.Generator().manual_seed(2),
@@ -158,3 +159,88 @@ def test_randn_list_rows():
     g = lambda s: torch.Generator().manual_seed(s)
     a = randn((2, 3), [g(1), g(2)])
     assert torch.equal(a[1], torch.randn(3, generator=g(2)))
+
+
+def _exact_at(oracle, x, t: int, u: int) -> torch.Tensor:
+    """The probability-flow ODE carries x_t at t to this x_u (the standardised value is kept)."""
+    ab, abu = (float(oracle.schedule.alphas_cumprod[v]) for v in (t, u))
+    z = (x - math.sqrt(ab) * oracle.mu) / torch.sqrt(ab * oracle.s**2 + 1 - ab)
+    return math.sqrt(abu) * oracle.mu + torch.sqrt(abu * oracle.s**2 + 1 - abu) * z
+
+
+def _order(oracle, name, ns=(8, 16, 32), t0=900, t1=100):
+    """Observed order between t0 and t1 (not into the clean image, whose last step is first order
+    for every solver): log2 of the error ratio when the steps double, with even gaps in log-SNR."""
+    x = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lam = log_snr_table(oracle.schedule)
+    l0, l1 = float(lam[t0]), float(lam[t1])
+    errs = []
+    for n in ns:
+        ts = nearest_timesteps(oracle.schedule, [l0 + (l1 - l0) * i / n for i in range(n + 1)], t0)
+        got = {}
+        SAMPLERS[name](oracle, x.clone(), ts, callback=lambda d: got.__setitem__(d["i"], d["x"]))
+        errs.append((got[n - 1] - _exact_at(oracle, x, t0, ts[-1])).abs().mean().item())
+    return [math.log2(a / b) for a, b in zip(errs, errs[1:])], errs
+
+
+@pytest.mark.parametrize("name,order", [("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 3), ("edm", 2)])
+def test_solvers_converge_at_their_order(oracle, name, order):
+    # Measured (16 -> 32 steps): ddim 0.98, dpmpp_2m 2.19, dpmpp_3m 3.30, edm (Heun) 2.04.
+    orders, errs = _order(oracle, name)
+    assert order - 0.1 < orders[-1] < order + 0.75, (orders, errs)
+
+
+def test_dpmpp_3m_beats_2m_at_ten_steps_into_the_clean_image(oracle):
+    e2, e3 = (_ode_error(oracle, SAMPLERS[n], 10) for n in ("dpmpp_2m", "dpmpp_3m"))
+    assert e3 < e2, (e3, e2)
+
+
+def test_edm_churn_is_stochastic_and_counts_evaluations(oracle):
+    assert sampler_steps("edm", 10) == 5 and sampler_steps("edm", 11) == 6 and sampler_steps("ddim", 10) == 10
+    before = oracle.calls
+    run = lambda eta, seed: sample(oracle, (2, *SHAPE), "edm", 10, eta=eta, device="cpu",
+                                   generator=torch.Generator().manual_seed(seed))
+    a = run(0.0, 1)
+    # 5 Heun steps: two evaluations each, one on the last and on the first (from above σ = 80).
+    assert oracle.calls - before == 8
+    b, c = run(1.0, 1), run(1.0, 1)
+    assert torch.equal(b, c) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match=r"edm eta \(churn\) must be in \[0, 1\], got 2"):
+        run(2.0, 1)
+
+
+def test_spacings():
+    sched = make_schedule("cosine", 1000)
+    lam = log_snr_table(sched)
+    assert timesteps_for(sched, 4, "uniform") == spaced_timesteps(1000, 4)
+    for spacing in ("logsnr", "karras"):
+        for start, steps in ((999, 10), (499, 7), (5, 6), (3, 1)):
+            ts = timesteps_for(sched, steps, spacing, start)
+            assert ts[0] == start and len(ts) == steps and all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] >= 0
+    ts = timesteps_for(sched, 10, "logsnr")
+    sigma = lambda t: math.exp(-float(lam[t]) / 2)
+    # One step from the start to σ = 80, then even gaps in log-SNR down to t = 0.
+    gaps = [float(lam[b] - lam[a]) for a, b in zip(ts[1:], ts[2:])]
+    assert ts[-1] == 0 and 75 < sigma(ts[1]) < 85 and max(gaps) < 1.15 * min(gaps), (ts, gaps)
+    # Karras: from σ = 80 too, and the steps crowd towards the clean image.
+    ts = timesteps_for(sched, 10, "karras")
+    assert ts[0] == 999 and 75 < sigma(ts[1]) < 85 and ts[-1] == 0 and ts[-2] < 40, ts
+    assert timesteps_for(sched, 2, "karras") == [999, 0] == timesteps_for(sched, 2, "logsnr")
+    with pytest.raises(ValueError, match="unknown spacing 'even'; valid: uniform, logsnr, karras, fitted"):
+        timesteps_for(sched, 4, "even")
+    with pytest.raises(ValueError, match="spacing 'fitted' needs a model with a fitted schedule"):
+        timesteps_for(sched, 4, "fitted")
+
+
+def test_fitted_curve_gives_its_own_steps_and_any_other_count():
+    sched = make_schedule("cosine", 1000)
+    lam = log_snr_table(sched)
+    own = [999, 700, 420, 250, 120, 40, 5]
+    curve = [float(lam[t]) for t in own]
+    assert timesteps_for(sched, 7, "fitted", curve=curve) == own
+    ts = timesteps_for(sched, 13, "fitted", curve=curve)  # every other one is a curve point
+    assert ts[::2] == own
+    # img2img from timestep 420 follows the curve from there.
+    assert timesteps_for(sched, 5, "fitted", 420, curve) == [420, 250, 120, 40, 5]
+    with pytest.raises(ValueError, match="at least 2 increasing"):
+        timesteps_for(sched, 4, "fitted", curve=[1.0, 0.5])

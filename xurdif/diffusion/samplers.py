@@ -7,6 +7,9 @@
 timesteps. Each sampler evaluates the denoiser once per timestep and its last
 step lands on the clean image (ᾱ = 1), so the returned tensor is x0.
 
+`steps` everywhere (jobs, recipes, the driver) counts network evaluations:
+a sampler with two evaluations a step (`edm`, Heun) runs about half as many steps.
+
 `generator` may be one torch.Generator or a list with one per batch row; the
 list form makes every image's noise depend on its own seed only, so an image
 is the same whichever batch it is rendered in.
@@ -22,26 +25,13 @@ from typing import Callable, Sequence
 import torch
 
 from .schedule import Schedule
+from .spacing import KARRAS_SIGMA_MAX, SPACINGS, spaced_timesteps, timesteps_for
+
+__all__ = ["SAMPLERS", "SPACINGS", "get_sampler", "randn", "sample", "spaced_timesteps", "start_timestep",
+           "timesteps_for"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict], None] | None
-
-
-def spaced_timesteps(T: int, steps: int, start: int | None = None) -> list[int]:
-    """`steps` evenly spaced timesteps, descending, the first one `start` (default T-1).
-
-    "Trailing" spacing: the gaps are equal and the last one ends at the clean
-    image, so the first step starts from the noisiest timestep rather than
-    skipping it (Lin et al. 2023). img2img passes a smaller `start`.
-    """
-    start = T - 1 if start is None else int(start)
-    if not 0 <= start < T:
-        raise ValueError(f"start timestep must be in 0..{T - 1}, got {start}")
-    n = start + 1
-    if not 1 <= steps <= n:
-        raise ValueError(f"steps must be in 1..{n} for start timestep {start}, got {steps}")
-    # Integer arithmetic: exact and strictly decreasing because n / steps >= 1.
-    return [n * (steps - i) // steps - 1 for i in range(steps)]
 
 
 def randn(shape: Sequence[int], generator: Generator, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -142,7 +132,110 @@ def dpmpp_2m(denoiser, x, timesteps, *, generator: Generator = None, callback: C
     return x0
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
+def dpmpp_3m(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None) -> torch.Tensor:
+    """DPM-Solver++(3M) (Lu et al. 2022; k-diffusion's sample_dpmpp_3m_sde at eta 0):
+    exponential integrator in λ = log(α/σ) with the last three x0 predictions,
+    second order on the second step, first order on the first and into σ = 0.
+
+    D2 below estimates h²·x0''/2, so its weight is 2·φ3: the integral of
+    e^-(h-τ)·τ²/2 over the step is h²/2 - h + 1 - e^-h = -2·φ3 · h²/2. Common implementations
+    (k-diffusion, diffusers) weight it by φ3 alone, which measures as second
+    order on the exact Gaussian oracle; this form measures as third
+    (tests/test_samplers.py)."""
+    sched = denoiser.schedule
+    x0 = None
+    hist: list[tuple[torch.Tensor, float]] = []  # (x0, h) of the previous steps, newest first
+    for i, (t, s) in enumerate(_steps(timesteps)):
+        x0 = _denoise(denoiser, x, t)
+        ab_t, ab_s = _ab(sched, t), _ab(sched, s)
+        if s < 0:
+            x = x0
+        else:
+            h = 0.5 * math.log(ab_s / (1 - ab_s)) - 0.5 * math.log(ab_t / (1 - ab_t))
+            # In VE terms x/α: x_s = e^-h x_t + (1 - e^-h) x0 + φ2·D1 - φ3·D2; times α_s here.
+            x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * x0
+            phi2 = math.expm1(-h) / h + 1
+            if len(hist) >= 2:
+                (x0_1, h_1), (x0_2, h_2) = hist[0], hist[1]
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi3 = phi2 / h - 0.5
+                x = x + math.sqrt(ab_s) * (phi2 * d1 - 2 * phi3 * d2)
+            elif hist:
+                x0_1, h_1 = hist[0]
+                x = x + math.sqrt(ab_s) * phi2 * (x0 - x0_1) / (h_1 / h)
+            hist = [(x0, h)] + hist[:1]
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0
+
+
+def _sigma(ab: float) -> float:
+    return math.sqrt((1 - ab) / ab)
+
+
+def _timestep_at_sigma(sched: Schedule, sigma: float, at_least: int) -> int:
+    """The first timestep >= at_least whose σ reaches `sigma` (T-1 if none does)."""
+    ac = sched.alphas_cumprod
+    above = ((1 - ac) / ac >= sigma * sigma).nonzero()
+    above = above[above >= at_least]
+    return int(above[0]) if len(above) else sched.T - 1
+
+
+def edm(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None,
+        eta: float = 0.0) -> torch.Tensor:
+    """EDM's sampler (Karras et al. 2022, algorithm 2): Heun steps in σ with "churn".
+    eta in [0, 1] sets γ = eta·(√2 - 1), the largest EDM allows: each step first
+    adds noise to raise σ to σ·(1 + γ) (rounded up to a timestep), then takes the
+    Heun step down. eta 0 is the deterministic Heun solver. Two network evaluations
+    a step; one on the last (into σ = 0, where Heun's correction is not defined)
+    and on a first step from above σ = 80. Meant for karras spacing, its own."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"edm eta (churn) must be in [0, 1], got {eta}")
+    sched = denoiser.schedule
+    gamma = eta * (math.sqrt(2) - 1)
+    x0 = x
+    for i, (t, s) in enumerate(_steps(timesteps)):
+        ab_t = _ab(sched, t)
+        t_hat = _timestep_at_sigma(sched, _sigma(ab_t) * (1 + gamma), t) if gamma > 0 else t
+        ab_hat = _ab(sched, t_hat)
+        sig_t, sig_hat = _sigma(ab_t), _sigma(ab_hat)
+        x_ve = x / math.sqrt(ab_t)
+        if t_hat != t:
+            x_ve = x_ve + math.sqrt(sig_hat**2 - sig_t**2) * randn(x.shape, generator, x.device)
+        x0 = _denoise(denoiser, x_ve * math.sqrt(ab_hat), t_hat)
+        if s < 0:
+            x = x0
+        else:
+            ab_s = _ab(sched, s)
+            sig_s = _sigma(ab_s)
+            d = (x_ve - x0) / sig_hat
+            x_next = x_ve + (sig_s - sig_hat) * d
+            # Above σ = 80 the prediction is the data's mean and the Euler step is exact; Heun's
+            # trapezoid across such a step (σ 20,000 -> 80 with the cosine table) is far off.
+            if sig_hat <= KARRAS_SIGMA_MAX:
+                x0_s = _denoise(denoiser, x_next * math.sqrt(ab_s), s)
+                x_next = x_ve + (sig_s - sig_hat) * (d + (x_next - x0_s) / sig_s) / 2
+            x = x_next * math.sqrt(ab_s)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x0
+
+
+edm.evals_per_step = 2
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m,
+                                                    "dpmpp_3m": dpmpp_3m, "edm": edm}
+# Samplers with a stochasticity knob (`eta`); the others ignore it.
+TAKES_ETA = ("ddim", "edm")
+
+
+def sampler_steps(sampler: str, evaluations: int) -> int:
+    """Timesteps that fit in `evaluations` network evaluations (at least 1)."""
+    per = getattr(get_sampler(sampler), "evals_per_step", 1)
+    return max(1, (evaluations + per - 1) // per)  # Heun: n steps cost 2n - 1
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
@@ -162,26 +255,30 @@ def start_timestep(T: int, strength: float) -> int:
 def sample(denoiser, shape: Sequence[int], sampler: str = "ddim", steps: int = 50, *,
            generator: Generator = None, init: torch.Tensor | None = None, strength: float = 1.0,
            noise_mult: float = 1.0, device: torch.device | str | None = None,
-           callback: Callback = None, **options) -> torch.Tensor:
+           callback: Callback = None, spacing: str = "uniform", curve: Sequence[float] | None = None,
+           **options) -> torch.Tensor:
     """Draw x_T (or noise `init`, an image in the model's range, to the start
     timestep) and run a sampler; returns x0 in the model's range.
 
     With an init image and strength s < 1 the sampler runs ceil(s · steps)
     steps from timestep round(s · T) - 1, so a strength-0.5 render costs half of
     a full one. `noise_mult` multiplies the start tensor (xurdif's noise level).
+    `steps` is network evaluations; `spacing` (and a fitted `curve`) place them.
     """
     fn = get_sampler(sampler)
+    steps = sampler_steps(sampler, steps)
     T = denoiser.schedule.T
     if device is None:
         device = next(denoiser.net.parameters()).device if hasattr(denoiser, "net") else "cpu"
     if init is None or strength >= 1:
-        timesteps = spaced_timesteps(T, steps)
+        timesteps = timesteps_for(denoiser.schedule, steps, spacing, curve=curve)
         x = randn(shape, generator, device)
         # A pure-noise start needs no init; at strength 1 the init is ignored
         # (ᾱ_{T-1} ≈ 0 leaves nothing of it anyway).
     else:
         start = start_timestep(T, strength)
-        timesteps = spaced_timesteps(T, min(start + 1, max(1, math.ceil(strength * steps))), start)
+        timesteps = timesteps_for(denoiser.schedule, min(start + 1, max(1, math.ceil(strength * steps))),
+                                  spacing, start, curve)
         ab = _ab(denoiser.schedule, start)
         eps = randn(shape, generator, device)
         x = math.sqrt(ab) * init.to(device) + math.sqrt(1 - ab) * eps

@@ -87,7 +87,7 @@ def test_gallery_shows_every_image_its_parameters_command_and_failures(tmp_path,
     for rec in records:
         text = page.cards[rec["file"]]
         assert f"seed {rec['seed']}" in text and f"steps={rec['params']['steps']}" in text
-    assert "sampler=ddim eta=0.5" in page.cards["0002-a-harbour/7.png"]
+    assert "sampler=ddim spacing=uniform eta=0.5" in page.cards["0002-a-harbour/7.png"]
     assert "post=contrast:1.1" in page.cards["0002-a-harbour/8.png"]
     assert page.failures == [f"{tmp_path / 'p.txt'}:2: cannot read init image {tmp_path / 'missing.png'}: "
                              f"[Errno 2] No such file or directory: '{tmp_path / 'missing.png'}'"]

@@ -75,7 +75,7 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     # The malformed line keeps its index, so later prompts are not renumbered.
     assert [j.index for j in jobs] == [0, 1, 3]
     assert errors == ["p.txt:5: unknown option 'sed'; did you mean 'seed'? valid: prompt, n, seed, "
-                      "steps, sampler, eta, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
+                      "steps, sampler, spacing, eta, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
     # A job without a seed: seeds derived from (job index, image) by xurdif.seeds, 31 bits.
     assert jobs[1].seeds() == [render_seed(1, 0)] == [1079587425] and render_seed(1, 1) == 128358735
 
@@ -87,7 +87,7 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     ("x | size=96y64", "p.txt:1: size must be WIDTHxHEIGHT"),
     ("x | post=gama:1", "p.txt:1: unknown postprocessing op 'gama'; did you mean 'gamma'?"),
     ("x | n", "p.txt:1: expected key=value"),
-    ("x | eta=inf", "p.txt:1: eta must be a number, got 'inf'"),
+    ("x | eta=inf", "p.txt:1: eta must be a number or null, got 'inf'"),
     ("x | eta=1.5", "p.txt:1: eta must be in 0..1 (0 deterministic, 1 DDPM-like), got 1.5"),
     ("x | post=median:999", "p.txt:1: postprocessing op 'median' takes 3..15, got '999'"),
     ("x | post=grain:nan", "p.txt:1: postprocessing op 'grain' needs a number, got 'nan'"),

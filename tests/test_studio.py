@@ -73,7 +73,7 @@ def studio(tmp_path_factory):
 
 def form(model: str, **kw) -> list:
     """The Render button's inputs, in order, with defaults."""
-    v = dict(model=model, prompt="a fox", n=1, seed="7", sampler="ddim", steps=3, size="", init=None,
+    v = dict(model=model, prompt="a fox", n=1, seed="7", sampler="ddim", spacing="auto", steps=3, size="", init=None,
              strength=0.6, noise_mult=1.0, eta=0.0, g_text="", g_model="ViT-B-32", g_weights="", g_image=None,
              g_target=None, g_style=None, g_style_w=1.0, g_scale=0.02, post="contrast:1.1")
     v.update(kw)

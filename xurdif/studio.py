@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .cli_args import int_in
 from .diffusion.samplers import SAMPLERS
+from .diffusion.spacing import SPACINGS
+from .sampling.defaults import AUTO
 from .render.gallery import write_gallery
 from .render.jobs import Job, JobError, make_job
 from .render.run import render
@@ -77,10 +79,15 @@ def guidance_options(text: str, clip_model: str, clip_weights: str, image_prompt
 
 
 def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, init: str | None, strength,
-                    eta, noise_mult, post: str, guidance: dict, index: int) -> Job:
-    opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler, "steps": str(int(steps)),
-            "size": size.strip(), "init": init or "", "strength": str(strength), "eta": str(eta),
+                    eta, noise_mult, post: str, guidance: dict, index: int, spacing: str = AUTO) -> Job:
+    # Empty steps (or 0) and eta: the model's own, like a job line that does not name them.
+    opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler or AUTO,
+            "spacing": spacing or AUTO, "size": size.strip(), "init": init or "", "strength": str(strength),
             "noise_mult": str(noise_mult), "post": post.strip()}
+    if steps:
+        opts["steps"] = str(int(steps))
+    if eta is not None:
+        opts["eta"] = str(eta)
     job = make_job(opts, Job(index=index), WHERE, {})
     return dataclasses.replace(job, guidance=guidance)
 
@@ -126,14 +133,15 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
                     n = gr.Number(d.n, precision=0, label="images", minimum=1)
                     seed = gr.Textbox("", label="first seed (empty: derived)", elem_id="studio-seed")
                 with gr.Row():
-                    sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="sampler")
-                    steps = gr.Number(d.steps, precision=0, label="steps", minimum=1)
+                    sampler = gr.Dropdown([AUTO, *SAMPLERS], value=d.sampler, label="sampler (auto: the model's)")
+                    spacing = gr.Dropdown([AUTO, *SPACINGS], value=d.spacing, label="spacing")
+                    steps = gr.Number(0, precision=0, label="steps (0: the model's)", minimum=0)
                     size = gr.Textbox("", label="size WxH (empty: the model's)", elem_id="studio-size")
                 with gr.Accordion("init image", open=False):
                     init = gr.File(label="init image", file_types=["image"], type="filepath")
                     strength = gr.Slider(0.01, 1.0, d.strength, label="strength")
                     noise_mult = gr.Number(d.noise_mult, label="noise multiplier")
-                    eta = gr.Number(d.eta, label="eta (ddim)")
+                    eta = gr.Number(None, label="eta (ddim, edm; empty: the model's)")
                 with gr.Accordion("guidance (CLIP weights must be on disk)", open=False):
                     g_text = gr.Textbox("", label="text prompts, e.g. 'a red fox:1, blurry:-0.5'")
                     g_model = gr.Textbox("ViT-B-32", label="CLIP model")
@@ -149,15 +157,16 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
                 message = gr.Markdown("", elem_id=MESSAGE_ID)
                 gallery = gr.Gallery(label="result", elem_id="studio-result", columns=4)
 
-        def run(model_v, prompt_v, n_v, seed_v, sampler_v, steps_v, size_v, init_v, strength_v, noise_v, eta_v,
-                gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, progress=gr.Progress(track_tqdm=True)):
-            job_args = dict(prompt=prompt_v, n=n_v or 1, seed=seed_v, sampler=sampler_v, steps=steps_v or 1,
+        def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v, noise_v,
+                eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, progress=gr.Progress(track_tqdm=True)):
+            job_args = dict(prompt=prompt_v, n=n_v or 1, seed=seed_v, sampler=sampler_v, spacing=spacing_v,
+                            steps=steps_v,
                             size=size_v, init=init_v, strength=strength_v, eta=eta_v, noise_mult=noise_v, post=post_v)
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
             return render_once(model_v, out_dir, device, job_args, guidance)
 
         refresh.click(lambda: gr.Dropdown(choices=choices()), None, model, api_name=False)
-        go.click(run, [model, prompt, n, seed, sampler, steps, size, init, strength, noise_mult, eta, g_text,
+        go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult, eta, g_text,
                        g_model, g_weights, g_image, g_target, g_style, g_style_w, g_scale, post],
                  [gallery, message], api_name="render")
     return app

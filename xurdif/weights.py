@@ -69,6 +69,8 @@ class ModelMeta:
     # a run compares it with its newest checkpoint to know the export is current.
     step: int | None = None
     images_seen: int | None = None
+    # The model's own sampler (xurdif/sampling/defaults.py); None: the old default, ddim 50.
+    sampling: dict | None = None
 
     def to_metadata(self) -> dict[str, str]:
         return {
@@ -84,6 +86,7 @@ class ModelMeta:
             "source": self.source,
             "extra": json.dumps(self.extra, sort_keys=True),
             **{k: str(v) for k, v in (("step", self.step), ("images_seen", self.images_seen)) if v is not None},
+            **({"sampling": json.dumps(self.sampling, sort_keys=True)} if self.sampling is not None else {}),
         }
 
     @classmethod
@@ -107,6 +110,7 @@ class ModelMeta:
                 extra=json.loads(md.get("extra", "{}")),
                 step=int(md["step"]) if "step" in md else None,
                 images_seen=int(md["images_seen"]) if "images_seen" in md else None,
+                sampling=json.loads(md["sampling"]) if "sampling" in md else None,
             )
         except (KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: damaged model metadata ({type(e).__name__}: {e})") from None
@@ -130,9 +134,20 @@ class ModelMeta:
             problems.append(f"image_size {list(self.image_size)} (must be [height, width], positive)")
         if not isinstance(self.net_config, dict):
             problems.append("net_config (must be a JSON object)")
+        try:
+            self.default_sampling()
+        except ValueError as e:
+            problems.append(f"sampling ({e})")
         if problems:
             raise ModelFileError(f"{path}: unusable model metadata: {'; '.join(problems)}")
         return self
+
+
+    def default_sampling(self):
+        """The settings a job without a sampler renders with (ValueError if recorded badly)."""
+        from .sampling.defaults import LEGACY, Sampling
+
+        return LEGACY if self.sampling is None else Sampling.from_json(self.sampling)
 
 
 def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_state: dict | None) -> None:
@@ -140,6 +155,17 @@ def save_model_file(path: str | Path, meta: ModelMeta, model_state: dict, ema_st
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
     if ema_state is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema_state.items()})
+    with atomic_write(path) as f:
+        f.write(safetensors_bytes(tensors, metadata=meta.to_metadata()))
+
+
+def write_sampling(path: str | Path, sampling, evidence: dict | None = None) -> None:
+    """Record a model's default sampler (and how it was chosen) in its file, rewritten
+    atomically with the same weights."""
+    meta = read_meta(path)
+    with _open_model_file(path) as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta.sampling = {**sampling.check().to_json(), **(evidence or {})}
     with atomic_write(path) as f:
         f.write(safetensors_bytes(tensors, metadata=meta.to_metadata()))
 

@@ -153,13 +153,32 @@ class LogCfg:
     tensorboard: bool = opt(True, doc="write TensorBoard logs into <run>/tb")
 
 
+# xurdif/diffusion/samplers.py SAMPLERS and spacing.py SPACINGS (tests/test_recipe.py keeps them equal).
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"]
+
+
 @dataclass(frozen=True)
 class SamplesCfg:
     every_steps: int = opt(500, min=0, doc="EMA sample grid every N steps (0 = only at the end)")
     n: int = opt(16, min=1, max=256, doc="images in the grid")
-    steps: int = opt(50, min=1, max=1000, doc="sampler steps")
-    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = opt("dpmpp_2m", doc="sampler for the grid")
+    steps: Optional[int] = opt(None, min=1, max=1000, doc="network evaluations (null: sampling.steps)")
+    sampler: Literal["auto", "ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"] = opt(
+        "auto", doc="sampler for the grid (auto: the model's default, the sampling section)")
     seed: int = opt(1234, min=0, doc="fixed noise seed, so grids are comparable over time")
+
+
+@dataclass(frozen=True)
+class SamplingCfg:
+    sampler: SamplerName = opt("dpmpp_2m", doc="the model's default sampler, recorded in its file: what "
+                               "tools/sample.py, the studio and the grids use when a job names none")
+    steps: int = opt(10, min=1, max=1000, doc="its network evaluations per image")
+    spacing: Literal["uniform", "logsnr", "karras"] = opt("karras", doc="where its steps fall "
+                                                           "(xurdif/diffusion/spacing.py)")
+    eta: float = opt(0.0, min=0.0, max=1.0, doc="its eta (ddim) or churn (edm)")
+    choose: bool = opt(False, doc="at the end of training, render sampling.samples images with each candidate "
+                       "(xurdif/sampling/choose.py) at sampling.steps evaluations, score KID against the held-out "
+                       "images (else the training images) and record the winner instead")
+    samples: int = opt(200, min=16, max=10000, doc="images per candidate when choosing")
 
 
 @dataclass(frozen=True)
@@ -195,6 +214,7 @@ class Recipe:
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     log: LogCfg = field(default_factory=LogCfg)
     samples: SamplesCfg = field(default_factory=SamplesCfg)
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
 
     @property

@@ -11,6 +11,8 @@ import torch
 from ..cli_args import int_in
 from ..lock import FolderBusy
 from ..diffusion.samplers import SAMPLERS
+from ..diffusion.spacing import SPACINGS
+from ..sampling.defaults import AUTO
 from .gallery import write_gallery
 from .jobs import Job, JobError, load_jobs, make_job
 from ..weights import resolve_model_path
@@ -24,7 +26,7 @@ examples:
 
 prompts file: one prompt per line, '#' comments, options after '|':
   a red fox | seed=7 n=4 steps=30 init=fox.png strength=0.6 post=contrast:1.1,gamma:0.9
-options: n seed steps sampler eta size init strength noise_mult post tile overlap wrap merge
+options: n seed steps sampler spacing eta size init strength noise_mult post tile overlap wrap merge
   (and guidance in YAML)
 
 big canvases and textures:
@@ -38,7 +40,7 @@ shows them all. Running the same command again skips finished images;
 --overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
-FLAGS = ("n", "seed", "steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post",
+FLAGS = ("n", "seed", "steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post",
          "tile", "overlap", "wrap", "merge")
 
 
@@ -53,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = Job()
     p.add_argument("--n", type=str, help=f"images per prompt (default {d.n})")
     p.add_argument("--seed", type=str, help="first seed of each prompt (default: derived from prompt and image index)")
-    p.add_argument("--steps", type=str, help=f"sampler steps (default {d.steps})")
-    p.add_argument("--sampler", choices=list(SAMPLERS), help=f"sampler (default {d.sampler})")
-    p.add_argument("--eta", type=str, help=f"DDIM eta, 0..1: 0 deterministic, 1 DDPM-like noise (default {d.eta})")
+    p.add_argument("--sampler", choices=[AUTO, *SAMPLERS],
+                   help="sampler (default auto: the one recorded in the model file, chosen for that model at "
+                        "export; a model file without one uses ddim, 50 steps). A named sampler runs 50 steps "
+                        "with uniform spacing unless --steps/--spacing say otherwise")
+    p.add_argument("--steps", type=str, help="network evaluations per image (default: the model's, or 50)")
+    p.add_argument("--spacing", choices=[AUTO, *SPACINGS],
+                   help="where the steps fall: uniform in t, logsnr, karras (rho 7), or fitted (the model's "
+                        "fitted schedule, tools/tune_sampler.py --fit) (default: the model's, or uniform)")
+    p.add_argument("--eta", type=str, help="ddim: 0 deterministic .. 1 DDPM-like noise; edm: churn 0..1 "
+                                           "(default: the model's, or 0)")
     p.add_argument("--size", type=str, help="output size WIDTHxHEIGHT, e.g. 96x64 (default: the model's)")
     p.add_argument("--init", type=str, help="init image for img2img")
     p.add_argument("--strength", type=str,

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..atomic import atomic_write
+from ..diffusion.samplers import TAKES_ETA
 from .outputs import MANIFEST, contact_sheet_path
 
 INDEX = "index.html"
@@ -40,8 +41,8 @@ def rerender_command(rec: dict, out: str = "rerender") -> str:
     """xurdif-sample with every option of this image, seed first-class, into a fresh folder."""
     p = rec["params"]
     args = ["xurdif-sample", p.get("model", "MODEL"), "--prompt", rec["prompt"], "--n", "1", "--seed", str(rec["seed"]),
-            "--steps", str(p["steps"]), "--sampler", p["sampler"]]
-    if p.get("sampler") == "ddim":
+            "--steps", str(p["steps"]), "--sampler", p["sampler"], "--spacing", p.get("spacing", "uniform")]
+    if p.get("sampler") in TAKES_ETA:
         args += ["--eta", str(p["eta"])]
     if p.get("size"):
         args += ["--size", f"{p['size'][0]}x{p['size'][1]}"]
@@ -59,9 +60,9 @@ def rerender_command(rec: dict, out: str = "rerender") -> str:
 def params_text(p: dict) -> str:
     """The options that shaped this image; those with no effect (eta off ddim, strength
     without init, defaults) are left out."""
-    skip = {"eta": p.get("sampler") != "ddim", "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
+    skip = {"eta": p.get("sampler") not in TAKES_ETA, "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
             "weights": p.get("weights", "ema") == "ema"}
-    keys = ("steps", "sampler", "eta", "size", "init", "strength", "noise_mult", "post", "weights")
+    keys = ("steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post", "weights")
     parts = [f"{k}={'x'.join(map(str, p[k])) if k == 'size' and p[k] else p[k]}"
              for k in keys if p.get(k) not in (None, "") and not skip.get(k)]
     return " ".join(parts)

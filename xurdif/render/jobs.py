@@ -31,6 +31,8 @@ import yaml
 
 from .. import yamlfile
 from ..diffusion.samplers import SAMPLERS
+from ..diffusion.spacing import SPACINGS
+from ..sampling.defaults import AUTO
 from ..options import Problem, close_matches, coerce, convert
 from ..postprocess import parse_chain
 from ..seeds import derive_seed
@@ -48,9 +50,11 @@ class Job:
     prompt: str = ""
     n: int = 1                 # images for this prompt
     seed: int | None = None    # first seed (then seed+1, ...); None: derived from (index, image)
-    steps: int = 50            # sampler steps for a full (strength 1) render
-    sampler: str = field(default="ddim", metadata={"choices": tuple(SAMPLERS)})
-    eta: float = 0.0           # ddim only: 0 deterministic, 1 DDPM-like noise
+    # Sampling: "auto" and None take the model's own default (xurdif/sampling/defaults.py).
+    steps: int | None = None   # network evaluations for a full (strength 1) render
+    sampler: str = field(default=AUTO, metadata={"choices": (AUTO, *SAMPLERS)})
+    spacing: str = field(default=AUTO, metadata={"choices": (AUTO, *SPACINGS)})
+    eta: float | None = None   # ddim: 0 deterministic, 1 DDPM-like noise; edm: churn 0..1
     size: tuple[int, int] | None = None  # (width, height); None: init's aspect or the model's size
     init: str | None = None    # init image (img2img), relative to the job file
     strength: float = 0.6      # with init: fraction of the schedule run; 1.0 = pure noise start
@@ -233,9 +237,9 @@ def validate(job: Job, presets: dict[str, str]) -> None:
         raise ValueError("empty prompt")
     if job.n < 1:
         raise ValueError(f"n must be >= 1, got {job.n}")
-    if not 1 <= job.steps <= 1000:
+    if job.steps is not None and not 1 <= job.steps <= 1000:
         raise ValueError(f"steps must be in 1..1000, got {job.steps}")
-    if not 0 <= job.eta <= 1:  # above 1 a step adds more noise than the schedule holds
+    if job.eta is not None and not 0 <= job.eta <= 1:  # above 1 a step adds more noise than the schedule holds
         raise ValueError(f"eta must be in 0..1 (0 deterministic, 1 DDPM-like), got {job.eta}")
     if not 0 < job.strength <= 1:
         raise ValueError(f"strength must be in (0, 1] (1.0 = start from pure noise), got {job.strength}")

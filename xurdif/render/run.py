@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from ..data.images import BadImage, read_picture
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.samplers import sample
+from ..diffusion.samplers import TAKES_ETA, sample
 from ..diffusion.tiled import TiledDenoiser
 from ..lock import folder_lock
 from ..postprocess import parse_chain, apply_chain
+from ..sampling.defaults import Sampling, resolve
 from ..weights import load_denoiser, model_sha256, resolve_model_path
 from . import outputs
 from .jobs import Job, JobError, parse_merge
@@ -40,6 +41,12 @@ def make_denoiser(base_denoiser: Callable, job: Job, device, clip_cache: dict) -
     from ..guidance import build_guided_denoiser
 
     return build_guided_denoiser(base_denoiser, job.guidance, job.prompt, device, cache=clip_cache)
+
+
+def with_sampling(job: Job, own: Sampling) -> Job:
+    """The job with the sampler, steps, spacing and eta it renders with (see sampling/defaults.py)."""
+    st = resolve(own, job.sampler, job.steps, job.spacing, job.eta)
+    return dataclasses.replace(job, sampler=st.sampler, steps=st.steps, spacing=st.spacing, eta=st.eta)
 
 
 def tiling(job: Job, size: tuple[int, int], model_size: tuple[int, int]
@@ -141,7 +148,7 @@ def params_record(job: Job, task: Task, model_path: Path, sha: str, weights: str
 def batch_key(job: Job, size: tuple[int, int], model_size: tuple[int, int] = (0, 0),
               merge_weight: float | None = None) -> str:
     # Everything that must be shared inside one sampler call.
-    key = {"size": size, "steps": job.steps, "sampler": job.sampler, "eta": job.eta,
+    key = {"size": size, "steps": job.steps, "sampler": job.sampler, "eta": job.eta, "spacing": job.spacing,
            "noise_mult": job.noise_mult, "strength": job.strength if job.init else 1.0,
            "init": bool(job.init), "tiles": tiling(job, size, model_size), "wrap": job.wrap}
     if job.merge:
@@ -198,6 +205,9 @@ def _render(model: str | Path, jobs: list[Job], out_dir: Path, *, weights: str, 
     default_side = max(mh, mw)
     model_size = (mh, mw)
     mixed = MergedModels(den, model_path, weights)
+    own = meta.default_sampling()
+    # A job without a sampler takes the model's; what it renders with is what gets recorded.
+    jobs = [with_sampling(job, own) for job in jobs]
 
     # Resolve sizes and inits per job; a bad job fails alone.
     inits: dict[int, torch.Tensor] = {}
@@ -249,7 +259,7 @@ def _render(model: str | Path, jobs: list[Job], out_dir: Path, *, weights: str, 
             try:
                 with autocast:
                     imgs = _render_batch(mixed.get(batch[0]), batch, inits, presets, device, clip_cache,
-                                         model_size, batch_size)
+                                         model_size, batch_size, own.curve)
             except (JobError, ValueError, RuntimeError) as e:
                 result.failures.append(f"{batch[0].job.where}: {e}")
                 continue
@@ -311,7 +321,8 @@ class MergedModels:
 
 def _render_batch(den: Denoiser, batch: list[Task], inits: dict[int, torch.Tensor],
                   presets: dict[str, str] | None, device, clip_cache: dict,
-                  model_size: tuple[int, int] = (0, 0), batch_size: int = 8) -> torch.Tensor:
+                  model_size: tuple[int, int] = (0, 0), batch_size: int = 8,
+                  curve: tuple[float, ...] = ()) -> torch.Tensor:
     job = batch[0].job
     w, h = batch[0].size
     gens = [torch.Generator().manual_seed(t.seed) for t in batch]
@@ -326,8 +337,8 @@ def _render_batch(den: Denoiser, batch: list[Task], inits: dict[int, torch.Tenso
     # Guidance wraps the tiled denoiser: its CLIP cutouts come from the whole canvas.
     x0 = sample(make_denoiser(base, job, device, clip_cache), (len(batch), 3, h, w), job.sampler, job.steps,
                 generator=gens, init=init, strength=job.strength if init is not None else 1.0,
-                noise_mult=job.noise_mult, device=device,
-                **({"eta": job.eta} if job.sampler == "ddim" else {}))
+                noise_mult=job.noise_mult, device=device, spacing=job.spacing, curve=curve,
+                **({"eta": job.eta} if job.sampler in TAKES_ETA else {}))
     imgs = den.to_image(x0.float()).cpu()
     # Postprocessing differs per job inside a batch; grain continues each image's generator.
     out = []

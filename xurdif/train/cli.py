@@ -224,6 +224,12 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         elif acc.is_main_process:
             log.info("%s: %s", recipe.name, trainer.data.describe())
         result = trainer.run(stop)
+        if recipe.sampling.choose and not trainer.interrupted:
+            if acc.is_main_process:
+                from .choose_sampler import choose_default_sampler
+
+                choose_default_sampler(trainer)
+            acc.wait_for_everyone()
         if acc.is_main_process:
             # Last, after the progress bar: what the operator reads when the command returns.
             print(f"stopped at step {trainer.clock.step}: checkpoint saved in {result}" if trainer.stopped

@@ -55,6 +55,14 @@ class KidMonitor:
         if self.heldout is not None:
             self.heldout_feats = self.extractor(self.heldout.images)
 
+    def reference(self) -> tuple[torch.Tensor, str]:
+        """KID's reference features and what they are of."""
+        if self.train is None:
+            self._setup()
+        if self.heldout_feats is not None:
+            return self.heldout_feats, f"{self.heldout_feats.shape[0]} held-out images"
+        return self.train_feats, f"{self.train_feats.shape[0]} training images"
+
     @torch.no_grad()
     def __call__(self, ema: torch.nn.Module, schedule, meta, samples: int | None = None,
                  steps: int | None = None) -> dict[str, float]:

@@ -43,15 +43,24 @@ def build_for_recipe(recipe: Recipe) -> tuple[torch.nn.Module, ModelMeta]:
                 recipe.model.init_from, meta.schedule, meta.timesteps, meta.prediction,
             )
         meta = replace(meta, image_size=size, recipe=recipe_to_yaml(recipe),
-                       source=f"fine-tuned from {recipe.model.init_from}")
+                       source=f"fine-tuned from {recipe.model.init_from}", sampling=recipe_sampling(recipe))
         return net.train(), meta
     config = recipe_net_config(recipe)
     meta = ModelMeta(
         architecture="xurdif_unet", net_config=config, schedule=recipe.diffusion.schedule,
         timesteps=recipe.diffusion.timesteps, prediction=recipe.diffusion.prediction,
         value_range=(-1.0, 1.0), image_size=size, recipe=recipe_to_yaml(recipe), source=f"trained by {recipe.name}",
+        sampling=recipe_sampling(recipe),
     )
     return build_network(meta.architecture, config), meta
+
+
+def recipe_sampling(recipe: Recipe) -> dict:
+    """The model file's default sampler as the recipe states it (sampling.choose may replace it)."""
+    from ..sampling.defaults import Sampling
+
+    c = recipe.sampling
+    return Sampling(c.sampler, c.steps, c.spacing, c.eta).check().to_json()
 
 
 def parameter_count(net: torch.nn.Module) -> int:

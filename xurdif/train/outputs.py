@@ -13,12 +13,13 @@ from torchvision.utils import make_grid, save_image
 
 from ..atomic import atomic_write
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.samplers import sample
+from ..diffusion.samplers import TAKES_ETA, sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
 from ..seeds import derive_seed
 from ..report import REPORT, Series, gather, read_scalars, write_report
+from ..sampling.defaults import resolve
 from ..weights import ModelMeta, read_meta, save_model_file
 
 log = logging.getLogger("xurdif.train")
@@ -101,7 +102,10 @@ class RunOutputs:
         device = next(ema.parameters()).device
         h, w = meta.image_size
         g = torch.Generator().manual_seed(derive_seed(s.seed, "samples"))
-        x0 = sample(den, (s.n, 3, h, w), sampler=s.sampler, steps=s.steps, generator=g, device=device)
+        own = meta.default_sampling()
+        st = resolve(own, s.sampler, s.steps)
+        x0 = sample(den, (s.n, 3, h, w), sampler=st.sampler, steps=st.steps, generator=g, device=device,
+                    spacing=st.spacing, curve=own.curve, **({"eta": st.eta} if st.sampler in TAKES_ETA else {}))
         grid = make_grid(den.to_image(x0).float().cpu(), nrow=math.ceil(math.sqrt(s.n)), padding=2, pad_value=1.0)
         path = self.run_dir / "samples" / f"step-{step:07d}.png"
         save_image(grid, path)

@@ -1,0 +1,1 @@
+"""A model's own sampler: the default recorded in its file, and how it is chosen."""

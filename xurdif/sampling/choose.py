@@ -1,0 +1,85 @@
+"""Choose a model's default sampler by measuring it.
+
+No sampler wins on every model (docs/benchmarks.md, "Samplers"), so each
+candidate renders the same seeds with the same number of network evaluations,
+and the lowest KID against reference images wins: held-out images of the same
+kind where the run set some aside, else the training images. The winner and
+every candidate's score go into the model file's metadata ("sampling").
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from ..diffusion.samplers import TAKES_ETA, sample
+from ..seeds import derive_seed
+from .defaults import Sampling
+
+# (sampler, spacing, eta): the ones worth trying at 5-20 evaluations. Measured at 10 on
+# the sprites (docs/benchmarks.md, "Samplers"): uniform spacing, dpmpp_3m with karras,
+# and edm (Heun: 5 steps at 10 evaluations) never came close.
+CANDIDATES: tuple[tuple[str, str, float], ...] = (
+    ("dpmpp_2m", "karras", 0.0),
+    ("dpmpp_2m", "logsnr", 0.0),
+    ("dpmpp_3m", "logsnr", 0.0),
+    ("ddim", "karras", 0.0),
+)
+
+
+def candidates(steps: int, names: tuple[tuple[str, str, float], ...] = CANDIDATES) -> list[Sampling]:
+    return [Sampling(s, steps, sp, eta).check() for s, sp, eta in names]
+
+
+@torch.no_grad()
+def draw(den, st: Sampling, n: int, size: tuple[int, int], seed: int, device, batch: int = 64
+         ) -> tuple[torch.Tensor, float]:
+    """n images (uint8) with these settings, and seconds per image. Image i's noise comes
+    from its own seed, so every candidate starts from the same noise."""
+    h, w = size
+    out, started = [], time.perf_counter()
+    for first in range(0, n, batch):
+        gens = [torch.Generator().manual_seed(derive_seed(seed, "choose", i)) for i in range(first, min(n, first + batch))]
+        x = sample(den, (len(gens), 3, h, w), st.sampler, st.steps, generator=gens, device=device,
+                   spacing=st.spacing, curve=st.curve, **({"eta": st.eta} if st.sampler in TAKES_ETA else {}))
+        out.append((den.to_image(x.float()).cpu() * 255).round().to(torch.uint8))
+    return torch.cat(out), (time.perf_counter() - started) / n
+
+
+def measure(den, size: tuple[int, int], reference: torch.Tensor, extractor: Callable, settings: list[Sampling],
+            n: int = 200, seed: int = 0, device="cpu", progress: bool = True) -> list[dict]:
+    """KID (x1e3, against `reference` features) and seconds per image of each setting."""
+    from ..evaluate import kid
+
+    rows = []
+    for st in tqdm(settings, desc="choosing a sampler", unit="candidate", disable=not progress):
+        images, per_image = draw(den, st, n, size, seed, device)
+        mean, std = kid(reference, extractor(images), seed=seed)
+        rows.append({**st.to_json(), "kid_x1e3": round(mean * 1e3, 3), "kid_std_x1e3": round(std * 1e3, 3),
+                     "seconds_per_image": round(per_image, 5)})
+    return rows
+
+
+def winner(rows: list[dict], curve: tuple[float, ...] = ()) -> Sampling:
+    best = min(rows, key=lambda r: r["kid_x1e3"])
+    # The fitted curve stays with the model whichever spacing wins: a job may still ask for it.
+    return Sampling(best["sampler"], best["steps"], best["spacing"], best["eta"], curve)
+
+
+def choose_for_file(path: Path, reference: torch.Tensor, extractor: Callable, steps: int, n: int = 200,
+                    seed: int = 0, device="cpu", reference_name: str = "", progress: bool = True) -> tuple[Sampling, list[dict]]:
+    """Measure the candidates on this model file and record the winner in it."""
+    from ..weights import load_denoiser, write_sampling
+
+    den, meta = load_denoiser(path, "ema", device)
+    own = meta.default_sampling()
+    settings = candidates(steps)
+    if own.curve:  # a fitted schedule competes too
+        settings.append(Sampling("dpmpp_2m", steps, "fitted", 0.0, own.curve))
+    rows = measure(den, tuple(meta.image_size), reference, extractor, settings, n, seed, device, progress)
+    best = winner(rows, own.curve)
+    write_sampling(path, best, {"measured": rows, "samples": n, "reference": reference_name})
+    return best, rows

@@ -1,0 +1,29 @@
+"""sampling.choose: at the end of a finished run, measure the candidate samplers on
+the exported model(s) and record the winner in each file (xurdif/sampling/choose.py)."""
+from __future__ import annotations
+
+import logging
+
+from tqdm import tqdm
+
+from .monitor import KidMonitor
+
+log = logging.getLogger(__name__)
+
+
+def choose_default_sampler(trainer) -> None:
+    """Main process only. model-best.safetensors is a different model: measured on its own."""
+    from ..sampling.choose import choose_for_file
+
+    r = trainer.r
+    trainer.kid = trainer.kid or KidMonitor(r, trainer.data, trainer.acc.device, trainer.heldout)
+    reference, name = trainer.kid.reference()
+    run = trainer.out.run_dir
+    for path in (run / "model.safetensors", run / "model-best.safetensors"):
+        if not path.is_file():
+            continue
+        best, rows = choose_for_file(path, reference, trainer.kid.extractor, r.sampling.steps, r.sampling.samples,
+                                     seed=r.train.seed, device=trainer.acc.device, reference_name=name)
+        table = "; ".join(f"{x['sampler']}/{x['spacing']} {x['kid_x1e3']:.2f}" for x in rows)
+        tqdm.write(f"{path.name}: default sampler {best.describe()} (KID x1e3 against {name}, "
+                   f"{r.sampling.samples} samples each: {table})")

@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "fixture"
     rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=60", "samples.every_steps=30",
                       "checkpoint.every_steps=30", "loss.l1=0.5", "loss.edge_l1=0.5", "loss.ssim=0.2",
-                      "eval.kid_every_steps=60", "eval.kid_samples=8", "eval.kid_steps=2", "eval.real_images=16"])
+                      "eval.kid_every_steps=60", "eval.kid_samples=8", "eval.kid_steps=2", "eval.real_images=16",
+                      "sampling.choose=true", "sampling.samples=16", "sampling.steps=4"])
     assert rc == 0
     return out
 
@@ -107,6 +108,19 @@ def test_exported_model_is_self_describing(trained):
     for k, v in ema.state_dict().items():
         assert torch.equal(v, ckpt_ema[k])
     assert any(not torch.equal(a, b) for a, b in zip(ema.state_dict().values(), raw.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_finished_run_records_the_measured_default_sampler(trained):
+    from xurdif.sampling.choose import CANDIDATES
+
+    sampling = read_meta(trained / "model.safetensors").sampling
+    rows = sampling["measured"]
+    assert [(r["sampler"], r["spacing"], r["eta"]) for r in rows] == list(CANDIDATES)
+    assert all(r["steps"] == 4 and r["kid_x1e3"] > 0 and r["seconds_per_image"] > 0 for r in rows)
+    best = min(rows, key=lambda r: r["kid_x1e3"])
+    assert (sampling["sampler"], sampling["spacing"], sampling["steps"]) == (best["sampler"], best["spacing"], 4)
+    assert sampling["samples"] == 16 and sampling["reference"] == "16 training images"
 
 
 def _subprocess_train(out, *overrides):

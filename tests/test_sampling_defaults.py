@@ -1,0 +1,127 @@
+"""A model's own default sampler: recorded in its file, used when a job names none,
+overridden by a job that does; chosen by measuring candidates."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_model import save_tiny_model
+from xurdif.render.cli import main as sample_main
+from xurdif.sampling.choose import choose_for_file, measure, winner, candidates
+from xurdif.sampling.defaults import LEGACY, Sampling, resolve
+from xurdif.weights import ModelFileError, load_denoiser, read_meta, write_sampling
+
+OWN = Sampling("dpmpp_2m", 4, "karras", 0.0)
+
+
+def manifest(out):
+    return {r["file"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_resolve_rules():
+    assert resolve(OWN) == OWN
+    # A named sampler renders as before models had a default: 50 uniform steps, eta 0.
+    assert resolve(OWN, "ddim") == Sampling("ddim", 50, "uniform", 0.0)
+    assert resolve(OWN, "ddim", 7, "logsnr", 0.5) == Sampling("ddim", 7, "logsnr", 0.5)
+    assert resolve(OWN, "auto", 12) == Sampling("dpmpp_2m", 12, "karras", 0.0)
+    assert resolve(OWN, "auto", None, "uniform") == Sampling("dpmpp_2m", 4, "uniform", 0.0)
+    assert LEGACY == Sampling("ddim", 50, "uniform", 0.0)
+
+
+def test_model_file_records_its_default_and_refuses_a_bad_one(tmp_path):
+    path = save_tiny_model(tmp_path / "m.safetensors")
+    assert read_meta(path).sampling is None and read_meta(path).default_sampling() == LEGACY
+    before, _ = load_denoiser(path)
+    write_sampling(path, OWN, {"samples": 3})
+    meta = read_meta(path)
+    assert meta.default_sampling() == OWN and meta.sampling["samples"] == 3
+    after, _ = load_denoiser(path)  # the weights are untouched
+    assert all(torch.equal(a, b) for a, b in zip(before.net.state_dict().values(), after.net.state_dict().values()))
+    # A damaged record is refused before any network is built, naming the file.
+    from safetensors.torch import load_file, save_file
+
+    md = {**meta.to_metadata(), "sampling": json.dumps({"sampler": "euler", "steps": 4})}
+    save_file(load_file(str(path)), str(path), metadata=md)
+    with pytest.raises(ModelFileError, match=rf"^{path}: unusable model metadata: sampling \(unknown sampler "
+                                             r"'euler'; valid: ddpm, ddim, dpmpp_2m, dpmpp_3m, edm\)$"):
+        read_meta(path)
+
+
+def test_renderer_uses_the_model_default_unless_the_job_names_a_sampler(tmp_path):
+    old = save_tiny_model(tmp_path / "old.safetensors", prediction="x0")
+    new = save_tiny_model(tmp_path / "new.safetensors", prediction="x0")
+    write_sampling(new, OWN)
+    args = ["--prompt", "a fox", "--seed", "3", "--no-progress"]
+    assert sample_main([str(old), *args, "-o", str(tmp_path / "old")]) == 0
+    assert sample_main([str(new), *args, "-o", str(tmp_path / "new")]) == 0
+    assert sample_main([str(new), *args, "--sampler", "dpmpp_2m", "--steps", "4", "--spacing", "karras",
+                        "-o", str(tmp_path / "explicit")]) == 0
+    assert sample_main([str(new), *args, "--sampler", "ddim", "-o", str(tmp_path / "named")]) == 0
+    rec = {k: manifest(tmp_path / k)["0000-a-fox/3.png"]["params"] for k in ("old", "new", "explicit", "named")}
+    used = {k: (p["sampler"], p["steps"], p["spacing"], p["eta"]) for k, p in rec.items()}
+    assert used == {"old": ("ddim", 50, "uniform", 0.0), "new": ("dpmpp_2m", 4, "karras", 0.0),
+                    "explicit": ("dpmpp_2m", 4, "karras", 0.0), "named": ("ddim", 50, "uniform", 0.0)}
+    img = {k: pixels(tmp_path / k / "0000-a-fox" / "3.png") for k in rec}
+    assert np.array_equal(img["new"], img["explicit"]) and not np.array_equal(img["new"], img["named"])
+    # The old model (no default recorded) renders what the same model with ddim named renders.
+    assert np.array_equal(img["old"], img["named"])
+
+
+def test_fitted_spacing_without_a_curve_fails_the_job_with_one_line(tmp_path, capsys):
+    path = save_tiny_model(tmp_path / "m.safetensors")
+    assert sample_main([str(path), "--prompt", "x", "--spacing", "fitted", "--steps", "3", "--no-progress",
+                        "-o", str(tmp_path / "out")]) == 1
+    assert "spacing 'fitted' needs a model with a fitted schedule" in capsys.readouterr().err
+
+
+def features(images: torch.Tensor) -> torch.Tensor:
+    """A cheap stand-in for Inception: colour statistics at 4x4."""
+    x = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 4)
+    return x.flatten(1).double()
+
+
+def test_choose_records_the_lowest_kid_and_is_reproducible(tmp_path):
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    g = torch.Generator().manual_seed(0)
+    reference = features((torch.rand(40, 3, 16, 16, generator=g) * 255).to(torch.uint8))
+    best, rows = choose_for_file(path, reference, features, steps=3, n=24, reference_name="noise", progress=False)
+    assert [(r["sampler"], r["spacing"]) for r in rows] == [(s.sampler, s.spacing) for s in candidates(3)]
+    assert best == winner(rows) and best.steps == 3
+    assert min(r["kid_x1e3"] for r in rows) == next(r["kid_x1e3"] for r in rows
+                                                      if (r["sampler"], r["spacing"]) == (best.sampler, best.spacing))
+    meta = read_meta(path)
+    assert meta.default_sampling() == best and meta.sampling["measured"] == rows and meta.sampling["reference"] == "noise"
+    # Same seeds, same numbers: the choice is a measurement, not a draw.
+    den, _ = load_denoiser(path)
+    again = measure(den, (16, 16), reference, features, candidates(3), n=24, progress=False)
+    assert [r["kid_x1e3"] for r in again] == [r["kid_x1e3"] for r in rows]
+
+
+@pytest.mark.slow
+def test_tune_sampler_tool(tmp_path, capsys):
+    from pathlib import Path
+
+    from xurdif.sampling.cli import main
+
+    ref = Path(__file__).parent / "fixtures" / "emoji-faces-32"
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    common = [str(path), "--reference", str(ref), "--steps", "3", "--samples", "16", "--no-progress"]
+    assert main(common + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| sampler |") and out.count("\n| ") == len(candidates(3)) and "best: " in out
+    assert read_meta(path).sampling is None  # --dry-run writes nothing
+    assert main(common + ["--json", str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert read_meta(path).default_sampling() == Sampling(**{k: report["best"][k] for k in ("sampler", "steps", "spacing", "eta")})
+    assert read_meta(path).sampling["reference"] == f"32 images in {ref}"
+    assert main([str(tmp_path / "none.safetensors"), "--reference", str(ref)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'none.safetensors'}: model file not found "
+                                               "(give a run folder or a .safetensors file)")

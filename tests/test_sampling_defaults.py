@@ -114,14 +114,29 @@ def test_tune_sampler_tool(tmp_path, capsys):
     ref = Path(__file__).parent / "fixtures" / "emoji-faces-32"
     path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
     common = [str(path), "--reference", str(ref), "--steps", "3", "--samples", "16", "--no-progress"]
-    assert main(common + ["--dry-run"]) == 0
+    assert main(common + ["--dry-run", "--no-fit"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| sampler |") and out.count("\n| ") == len(candidates(3)) and "best: " in out
     assert read_meta(path).sampling is None  # --dry-run writes nothing
     assert main(common + ["--json", str(tmp_path / "m.json")]) == 0
     report = json.loads((tmp_path / "m.json").read_text())
-    assert read_meta(path).default_sampling() == Sampling(**{k: report["best"][k] for k in ("sampler", "steps", "spacing", "eta")})
-    assert read_meta(path).sampling["reference"] == f"32 images in {ref}"
+    assert [r["spacing"] for r in report["rows"]][-1] == "fitted"  # the fitted schedule competes
+    meta = read_meta(path)
+    assert meta.default_sampling() == Sampling(**{k: report["best"][k] for k in ("sampler", "steps", "spacing", "eta")})
+    assert meta.sampling["reference"] == f"32 images in {ref}" and len(meta.default_sampling().curve) == 3
     assert main([str(tmp_path / "none.safetensors"), "--reference", str(ref)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'none.safetensors'}: model file not found "
                                                "(give a run folder or a .safetensors file)")
+
+
+def test_fitted_schedule_is_reproducible_and_no_worse_than_where_it_starts(tmp_path):
+    from xurdif.diffusion.spacing import timesteps_for
+    from xurdif.sampling.fit import fit_curve
+
+    den, _ = load_denoiser(save_tiny_model(tmp_path / "m.safetensors", prediction="x0"))
+    a, report = fit_curve(den, (16, 16), steps=5, batch=4, seed=3)
+    b, _ = fit_curve(den, (16, 16), steps=5, batch=4, seed=3)
+    assert a == b and len(a) == 5 and all(x < y for x, y in zip(a, a[1:]))
+    assert report["error_fitted"] <= report["error_karras"] and report["solves"] > 1
+    # The curve gives back the fitted timesteps at its own step count.
+    assert timesteps_for(den.schedule, 5, "fitted", curve=a) == report["timesteps"]

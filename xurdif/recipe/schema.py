@@ -179,6 +179,8 @@ class SamplingCfg:
                        "(xurdif/sampling/choose.py) at sampling.steps evaluations, score KID against the held-out "
                        "images (else the training images) and record the winner instead")
     samples: int = opt(200, min=16, max=10000, doc="images per candidate when choosing")
+    fit: bool = opt(True, doc="when choosing, also fit a step schedule to the model (xurdif/sampling/fit.py; "
+                    "recorded in its file as spacing 'fitted') and let dpmpp_2m on it compete")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,12 @@ def thin(points: list[tuple[int, float]], limit: int = MAX_POINTS) -> list[tuple
     return kept if kept[-1] == points[-1] else kept + [points[-1]]
 
 
-def line_plot(title: str, lines: list[tuple[str, list[tuple[int, float]]]], plot_id: str) -> str:
-    """One SVG: each line is (label, [(step, value), ...]); non-finite values are gaps."""
+def line_plot(title: str, lines: list[tuple[str, list[tuple[int, float]]]], plot_id: str,
+              x_label: str = "step", log_x: bool = False) -> str:
+    """One SVG: each line is (label, [(step, value), ...]); non-finite values are gaps.
+    log_x: a logarithmic x axis (x > 0), for spans such as 5 to 100 sampler steps."""
+    if log_x:
+        lines = [(label, [(math.log(x), y) for x, y in ps]) for label, ps in lines]
     pts = [(x, y) for _, ps in lines for x, y in ps if math.isfinite(y)]
     parts = [f'<svg class="plot" id="{escape(plot_id)}" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img">',
@@ -52,8 +56,9 @@ def line_plot(title: str, lines: list[tuple[str, list[tuple[int, float]]]], plot
                      f'<text x="{LEFT - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{fmt(y)}</text>')
     for k in range(3):
         x = x0 + (x1 - x0) * k / 2
-        parts.append(f'<text x="{sx(x):.1f}" y="{H - 12}" text-anchor="middle">{fmt(round(x))}</text>')
-    parts.append(f'<text x="{LEFT + pw / 2}" y="{H - 1}" text-anchor="middle" class="axis">step</text>')
+        parts.append(f'<text x="{sx(x):.1f}" y="{H - 12}" text-anchor="middle">'
+                     f'{fmt(round(math.exp(x) if log_x else x))}</text>')
+    parts.append(f'<text x="{LEFT + pw / 2}" y="{H - 1}" text-anchor="middle" class="axis">{escape(x_label)}</text>')
     for i, (label, ps) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
         segments, cur = [], []

@@ -70,16 +70,26 @@ def winner(rows: list[dict], curve: tuple[float, ...] = ()) -> Sampling:
 
 
 def choose_for_file(path: Path, reference: torch.Tensor, extractor: Callable, steps: int, n: int = 200,
-                    seed: int = 0, device="cpu", reference_name: str = "", progress: bool = True) -> tuple[Sampling, list[dict]]:
-    """Measure the candidates on this model file and record the winner in it."""
+                    seed: int = 0, device="cpu", reference_name: str = "", progress: bool = True,
+                    fit: bool = False, write: bool = True) -> tuple[Sampling, list[dict]]:
+    """Measure the candidates on this model file and record the winner in it (unless not
+    `write`). fit: first fit a schedule to the model (xurdif/sampling/fit.py) and let
+    dpmpp_2m on it compete."""
     from ..weights import load_denoiser, write_sampling
 
     den, meta = load_denoiser(path, "ema", device)
-    own = meta.default_sampling()
+    size = tuple(meta.image_size)
+    curve, evidence = meta.default_sampling().curve, {}
+    if fit and steps >= 3:
+        from .fit import fit_curve
+
+        fitted, report = fit_curve(den, size, steps, seed=seed, device=device)
+        curve, evidence = tuple(fitted), {"fit": report}
     settings = candidates(steps)
-    if own.curve:  # a fitted schedule competes too
-        settings.append(Sampling("dpmpp_2m", steps, "fitted", 0.0, own.curve))
-    rows = measure(den, tuple(meta.image_size), reference, extractor, settings, n, seed, device, progress)
-    best = winner(rows, own.curve)
-    write_sampling(path, best, {"measured": rows, "samples": n, "reference": reference_name})
+    if curve:
+        settings.append(Sampling("dpmpp_2m", steps, "fitted", 0.0, curve))
+    rows = measure(den, size, reference, extractor, settings, n, seed, device, progress)
+    best = winner(rows, curve)
+    if write:
+        write_sampling(path, best, {"measured": rows, "samples": n, "reference": reference_name, **evidence})
     return best, rows

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int_in(16, 100_000), default=200, help="images per candidate (default 200)")
     p.add_argument("--seed", type=int_in(0, 2**62), default=0, help="seed of the shared noise (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--no-fit", action="store_true",
+                   help="do not fit a step schedule to the model first (fitting: xurdif/sampling/fit.py; "
+                        "dpmpp_2m on the fitted schedule then competes, and the curve is recorded)")
     p.add_argument("--dry-run", action="store_true", help="measure and print; leave the model file as it is")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..evaluate.cache import folder_features
     from ..evaluate.images import EvaluateError
     from ..weights import ModelFileError, read_meta, resolve_model_path
-    from .choose import candidates, measure, winner
+    from .choose import choose_for_file
 
     try:
         path = resolve_model_path(args.model)
@@ -52,19 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         extractor = InceptionFeatures(device=args.device)
         size = tuple(meta.image_size)
         reference, _, _ = folder_features(args.reference, extractor, size=size)
-        if args.dry_run:
-            from ..weights import load_denoiser
-
-            den, _ = load_denoiser(path, "ema", args.device)
-            rows = measure(den, size, reference, extractor, candidates(args.steps), args.samples, args.seed,
-                           args.device, not args.no_progress)
-            best = winner(rows)
-        else:
-            from .choose import choose_for_file
-
-            best, rows = choose_for_file(path, reference, extractor, args.steps, args.samples, args.seed,
-                                         args.device, f"{reference.shape[0]} images in {args.reference}",
-                                         not args.no_progress)
+        best, rows = choose_for_file(path, reference, extractor, args.steps, args.samples, args.seed, args.device,
+                                     f"{reference.shape[0]} images in {args.reference}", not args.no_progress,
+                                     fit=not args.no_fit, write=not args.dry_run)
     except (FileNotFoundError, ModelFileError, EvaluateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

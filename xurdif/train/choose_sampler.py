@@ -23,7 +23,8 @@ def choose_default_sampler(trainer) -> None:
         if not path.is_file():
             continue
         best, rows = choose_for_file(path, reference, trainer.kid.extractor, r.sampling.steps, r.sampling.samples,
-                                     seed=r.train.seed, device=trainer.acc.device, reference_name=name)
+                                     seed=r.train.seed, device=trainer.acc.device, reference_name=name,
+                                     fit=r.sampling.fit)
         table = "; ".join(f"{x['sampler']}/{x['spacing']} {x['kid_x1e3']:.2f}" for x in rows)
         tqdm.write(f"{path.name}: default sampler {best.describe()} (KID x1e3 against {name}, "
                    f"{r.sampling.samples} samples each: {table})")

@@ -197,6 +197,16 @@ def test_guide_lowers_its_loss_and_never_touches_parameters(den, files, cache, g
         assert all(p.grad is None for p in gd.guides.clip.model.parameters())
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"])
+def test_guidance_works_with_every_sampler(den, files, cache, sampler):
+    options, prompt = _guides(files)["target_ssim"]
+    gd = build_guided_denoiser(den, options, prompt, "cpu", cache=cache)
+    run = lambda d: sample(d, (2, 3, SIZE, SIZE), sampler, 8, spacing="karras",
+                           generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    before, after = eval_losses(gd, run(den)), eval_losses(gd, run(gd))
+    assert (after["target"] < before["target"]).all(), (sampler, before, after)
+
+
 def test_weights_are_absolute_and_guides_add(den, files, cache):
     # Each guide is RMS-normalised on its own: the x0 step is scale·sqrt(ᾱ)^p·(hi-lo)
     # per unit of weight, and two guides' steps add.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xurdif.diffusion.samplers import (
-    SAMPLERS, ddim, ddpm, dpmpp_2m, randn, sample, sampler_steps, spaced_timesteps, start_timestep,
+    SAMPLERS, TAKES_ETA, ddim, ddpm, dpmpp_2m, randn, sample, sampler_steps, spaced_timesteps, start_timestep,
 )
 from xurdif.diffusion.spacing import log_snr_table, nearest_timesteps, timesteps_for
 from xurdif.diffusion.denoiser import Denoiser
@@ -244,3 +244,25 @@ def test_fitted_curve_gives_its_own_steps_and_any_other_count():
     assert timesteps_for(sched, 5, "fitted", 420, curve) == [420, 250, 120, 40, 5]
     with pytest.raises(ValueError, match="at least 2 increasing"):
         timesteps_for(sched, 4, "fitted", curve=[1.0, 0.5])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "edm"])
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_works_with_every_prediction_type(oracle, name, prediction):
+    """A network that predicts eps, v or EDM's F exactly gives, through the Denoiser, the
+    same samples as the x0 oracle itself: the samplers see only x0 predictions."""
+    from xurdif.diffusion import prediction as P
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, t):
+            ab = oracle.schedule.ab(t).view(-1, 1, 1, 1).double()
+            x_t = x.double() * (P._d(ab).sqrt() if prediction == "edm" else 1)  # undo EDM's c_in
+            x0 = oracle(x_t, t).double()
+            return P.target(prediction, x0, P.eps_from_x0(x0, x_t, ab), ab)
+
+    den = Denoiser(Exact(), oracle.schedule, prediction, clip=False)
+    eta = {"eta": 0.5} if name in TAKES_ETA else {}  # the stochastic ones with their noise on
+    run = lambda d: sample(d, (3, *SHAPE), name, 8, spacing="karras", device="cpu",
+                           generator=[torch.Generator().manual_seed(s) for s in (0, 1, 2)], **eta)
+    a, b = run(den).double(), run(oracle).double()
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()

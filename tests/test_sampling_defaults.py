@@ -140,3 +140,24 @@ def test_fitted_schedule_is_reproducible_and_no_worse_than_where_it_starts(tmp_p
     assert report["error_fitted"] <= report["error_karras"] and report["solves"] > 1
     # The curve gives back the fitted timesteps at its own step count.
     assert timesteps_for(den.schedule, 5, "fitted", curve=a) == report["timesteps"]
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"])
+def test_every_sampler_renders_img2img_tiles_wrap_and_merge(tmp_path, sampler):
+    from xurdif.render.jobs import load_jobs, Job
+    from xurdif.render.run import render
+
+    a = save_tiny_model(tmp_path / "a.safetensors", prediction="x0")
+    save_tiny_model(tmp_path / "b.safetensors", prediction="x0")
+    Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)).save(tmp_path / "init.png")
+    common = f"sampler={sampler} spacing=karras steps=6 seed=1"
+    (tmp_path / "p.txt").write_text(f"img2img | {common} init=init.png strength=0.5\n"
+                                    f"tiles | {common} size=40x24 tile=16 wrap=true\n"
+                                    f"merge | {common} merge=b.safetensors:0,1\n")
+    jobs, failures, presets = load_jobs(str(tmp_path / "p.txt"), Job(), {})
+    result = render(a, jobs, tmp_path / "out", presets=presets, progress=False)
+    assert failures == [] and result.failures == [] and result.written == 4
+    recs = manifest(tmp_path / "out")
+    assert {r["params"]["sampler"] for r in recs.values()} == {sampler}
+    assert recs["0001-tiles/1.png"]["params"]["tiles"] == {"tile": [16, 16], "overlap": 4, "wrap": True}
+    assert pixels(tmp_path / "out" / "0001-tiles" / "1.png").shape == (24, 40, 3)

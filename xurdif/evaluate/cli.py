@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..atomic import atomic_write
 from ..cli_args import int_in
+from ..diffusion.samplers import SAMPLERS
 from ..seeds import derive_seed
 from .cache import folder_features
 from .images import EvaluateError, list_images, load_samples
@@ -48,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, default=None,
                         help="instead of --fake: a run folder or .safetensors model to sample from")
     parser.add_argument("--samples", type=int_in(2, 1_000_000), default=500, help="with --model: how many samples (default 500)")
-    parser.add_argument("--sampler", default="dpmpp_2m", help="with --model: sampler (default dpmpp_2m)")
-    parser.add_argument("--steps", type=int_in(1, 1000), default=20, help="with --model: sampler steps (default 20)")
+    parser.add_argument("--sampler", default="auto", choices=["auto", *SAMPLERS],
+                        help="with --model: sampler (default auto: the model's own, recorded in its file)")
+    parser.add_argument("--steps", type=int_in(1, 1000), default=None,
+                        help="with --model: network evaluations per image (default: the model's, or 50 "
+                             "with a named sampler)")
     parser.add_argument("--json", type=Path, default=None,
                         help="report path (default: FAKE-eval.json next to the fake folder)")
     parser.add_argument("--picture", type=Path, default=None,
@@ -72,14 +76,15 @@ def default_json_path(fake: Path) -> Path:
     return fake.parent / f"{fake.name}-eval.json"
 
 
-def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int, device) -> None:
+def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int | None, device) -> None:
     """Sample `count` images into `out` (image i from seed i); finished ones are kept,
-    so an interrupted evaluation resumes."""
+    so an interrupted evaluation resumes. Sampler "auto": the model's default."""
     import torch
     from torchvision.utils import save_image
     from tqdm import tqdm
 
     from ..diffusion.samplers import sample
+    from ..sampling.defaults import resolve
     from ..weights import load_denoiser
 
     out.mkdir(parents=True, exist_ok=True)
@@ -88,9 +93,10 @@ def render_samples(model: Path, out: Path, count: int, sampler: str, steps: int,
         return
     den, meta = load_denoiser(model, "ema", device or "cpu")
     h, w = meta.image_size
+    st = resolve(meta.default_sampling(), sampler, steps)
     for chunk in tqdm([todo[i:i + 16] for i in range(0, len(todo), 16)], desc="sampling", unit="batch"):
         gens = [torch.Generator().manual_seed(derive_seed("evaluate-sample", i)) for i in chunk]
-        x0 = sample(den, (len(chunk), 3, h, w), sampler, steps, generator=gens, device=device or "cpu")
+        x0 = sample(den, (len(chunk), 3, h, w), generator=gens, device=device or "cpu", **st.sample_args())
         for i, img in zip(chunk, den.to_image(x0.float()).cpu()):
             with atomic_write(out / f"{i:05d}.png") as f:  # a kill never leaves a torn sample
                 save_image(img, f, format="png")

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..diffusion.samplers import TAKES_ETA, sample
+from ..diffusion.samplers import sample
 from ..seeds import derive_seed
 from .defaults import Sampling
 
@@ -43,8 +43,7 @@ def draw(den, st: Sampling, n: int, size: tuple[int, int], seed: int, device, ba
     out, started = [], time.perf_counter()
     for first in range(0, n, batch):
         gens = [torch.Generator().manual_seed(derive_seed(seed, "choose", i)) for i in range(first, min(n, first + batch))]
-        x = sample(den, (len(gens), 3, h, w), st.sampler, st.steps, generator=gens, device=device,
-                   spacing=st.spacing, curve=st.curve, **({"eta": st.eta} if st.sampler in TAKES_ETA else {}))
+        x = sample(den, (len(gens), 3, h, w), generator=gens, device=device, **st.sample_args())
         out.append((den.to_image(x.float()).cpu() * 255).round().to(torch.uint8))
     return torch.cat(out), (time.perf_counter() - started) / n
 

@@ -33,6 +33,13 @@ class Sampling:
         eta = f" eta {self.eta:g}" if self.eta else ""
         return f"{self.sampler}, {self.steps} steps, {self.spacing} spacing{eta}"
 
+    def sample_args(self) -> dict:
+        """These settings as xurdif.diffusion.samplers.sample()'s keyword arguments."""
+        from ..diffusion.samplers import TAKES_ETA
+
+        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "curve": self.curve,
+                **({"eta": self.eta} if self.sampler in TAKES_ETA else {})}
+
     def to_json(self) -> dict:
         out = {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "eta": self.eta}
         if self.curve:

@@ -13,7 +13,7 @@ from torchvision.utils import make_grid, save_image
 
 from ..atomic import atomic_write
 from ..diffusion.denoiser import Denoiser
-from ..diffusion.samplers import TAKES_ETA, sample
+from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
 from ..recipe import Recipe, recipe_to_yaml
@@ -102,10 +102,8 @@ class RunOutputs:
         device = next(ema.parameters()).device
         h, w = meta.image_size
         g = torch.Generator().manual_seed(derive_seed(s.seed, "samples"))
-        own = meta.default_sampling()
-        st = resolve(own, s.sampler, s.steps)
-        x0 = sample(den, (s.n, 3, h, w), sampler=st.sampler, steps=st.steps, generator=g, device=device,
-                    spacing=st.spacing, curve=own.curve, **({"eta": st.eta} if st.sampler in TAKES_ETA else {}))
+        st = resolve(meta.default_sampling(), s.sampler, s.steps)
+        x0 = sample(den, (s.n, 3, h, w), generator=g, device=device, **st.sample_args())
         grid = make_grid(den.to_image(x0).float().cpu(), nrow=math.ceil(math.sqrt(s.n)), padding=2, pad_value=1.0)
         path = self.run_dir / "samples" / f"step-{step:07d}.png"
         save_image(grid, path)

@@ -196,3 +196,17 @@ def test_patch_size_key_reaches_the_network(tmp_path):
     config = recipe_net_config(load_recipe(p, ["model.patch_size=1", "model.base_width=20"]))
     assert config["patch_size"] == 1 and config["base_width"] == 20
     assert problems(p, ["model.patch_size=0"]) == [f"{p}: model.patch_size: 0 is out of range; allowed 1 to 8"]
+
+
+def test_recipe_sampler_and_spacing_choices_are_the_samplers():
+    import typing
+
+    from xurdif.diffusion.samplers import SAMPLERS
+    from xurdif.diffusion.spacing import SPACINGS
+    from xurdif.recipe.schema import SamplesCfg, SamplingCfg
+
+    hints = lambda cls: typing.get_type_hints(cls)
+    assert typing.get_args(hints(SamplingCfg)["sampler"]) == tuple(SAMPLERS)
+    assert typing.get_args(hints(SamplesCfg)["sampler"]) == ("auto", *SAMPLERS)
+    # "fitted" needs a curve the recipe cannot give: it comes from sampling.fit.
+    assert typing.get_args(hints(SamplingCfg)["spacing"]) == tuple(s for s in SPACINGS if s != "fitted")

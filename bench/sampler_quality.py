@@ -44,7 +44,8 @@ SVG_STYLE = ("<style>text{font:10px sans-serif;fill:#444}.title{font-size:12px;f
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/sampler_quality.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
                    help="a model to measure: NAME=run folder or .safetensors (repeatable)")
     p.add_argument("--reference", type=Path, required=True, help="held-out images of the same kind")

@@ -98,7 +98,8 @@ def test_choose_records_the_lowest_kid_and_is_reproducible(tmp_path):
     assert min(r["kid_x1e3"] for r in rows) == next(r["kid_x1e3"] for r in rows
                                                       if (r["sampler"], r["spacing"]) == (best.sampler, best.spacing))
     meta = read_meta(path)
-    assert meta.default_sampling() == best and meta.sampling["measured"] == rows and meta.sampling["reference"] == "noise"
+    assert meta.default_sampling() == best and meta.sampling["measured"] == rows
+    assert meta.sampling["reference"] == "noise"
     # Same seeds, same numbers: the choice is a measurement, not a draw.
     den, _ = load_denoiser(path)
     again = measure(den, (16, 16), reference, features, candidates(3), n=24, progress=False)
@@ -161,3 +162,27 @@ def test_every_sampler_renders_img2img_tiles_wrap_and_merge(tmp_path, sampler):
     assert {r["params"]["sampler"] for r in recs.values()} == {sampler}
     assert recs["0001-tiles/1.png"]["params"]["tiles"] == {"tile": [16, 16], "overlap": 4, "wrap": True}
     assert pixels(tmp_path / "out" / "0001-tiles" / "1.png").shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize("overrides,used", [
+    ([], ("dpmpp_2m", 4, "karras")),                                         # the model's default
+    (["samples.steps=6"], ("dpmpp_2m", 6, "karras")),
+    (["samples.sampler=ddim"], ("ddim", 50, "uniform")),                      # a named sampler: as before
+])
+def test_training_grids_use_the_model_default(tmp_path, monkeypatch, overrides, used):
+    from pathlib import Path
+
+    import xurdif.train.outputs as outputs
+    from xurdif.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parent / "recipes" / "fixture.yaml",
+                         ["samples.n=1", "samples.steps=null", *overrides])
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    write_sampling(path, OWN)
+    den, meta = load_denoiser(path)
+    calls = []
+    monkeypatch.setattr(outputs, "sample", lambda *a, **k: calls.append(k) or torch.zeros(1, 3, 16, 16))
+    out = outputs.RunOutputs(recipe, tmp_path / "run", True)
+    out.open()
+    out.sample_grid(den.net, den.schedule, meta, 0)
+    assert (calls[0]["sampler"], calls[0]["steps"], calls[0]["spacing"]) == used

@@ -152,7 +152,7 @@ def dpmpp_3m(denoiser, x, timesteps, *, generator: Generator = None, callback: C
             x = x0
         else:
             h = 0.5 * math.log(ab_s / (1 - ab_s)) - 0.5 * math.log(ab_t / (1 - ab_t))
-            # In VE terms x/α: x_s = e^-h x_t + (1 - e^-h) x0 + φ2·D1 - φ3·D2; times α_s here.
+            # In VE terms x/α: x_s = e^-h x_t + (1 - e^-h) x0 + φ2·D1 - 2φ3·D2; times α_s here.
             x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * x0
             phi2 = math.expm1(-h) / h + 1
             if len(hist) >= 2:

@@ -42,7 +42,8 @@ def draw(den, st: Sampling, n: int, size: tuple[int, int], seed: int, device, ba
     h, w = size
     out, started = [], time.perf_counter()
     for first in range(0, n, batch):
-        gens = [torch.Generator().manual_seed(derive_seed(seed, "choose", i)) for i in range(first, min(n, first + batch))]
+        gens = [torch.Generator().manual_seed(derive_seed(seed, "choose", i))
+                for i in range(first, min(n, first + batch))]
         x = sample(den, (len(gens), 3, h, w), generator=gens, device=device, **st.sample_args())
         out.append((den.to_image(x.float()).cpu() * 255).round().to(torch.uint8))
     return torch.cat(out), (time.perf_counter() - started) / n

@@ -186,3 +186,20 @@ def test_training_grids_use_the_model_default(tmp_path, monkeypatch, overrides, 
     out.open()
     out.sample_grid(den.net, den.schedule, meta, 0)
     assert (calls[0]["sampler"], calls[0]["steps"], calls[0]["spacing"]) == used
+
+
+def test_studio_renders_with_the_model_default_when_left_on_auto(tmp_path):
+    from xurdif.studio import render_once
+
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    write_sampling(path, OWN)
+    form = dict(prompt="a", n=1, seed="5", sampler="auto", spacing="auto", steps=0, size="", init=None,
+                strength=0.6, eta=None, noise_mult=1.0, post="")
+    images, message = render_once(str(path), tmp_path / "out", "cpu", form, {}, progress=False)
+    assert message.startswith("Saved 1 image(s)")
+    p = manifest(tmp_path / "out")["0000-a/5.png"]["params"]
+    assert (p["sampler"], p["steps"], p["spacing"], p["eta"]) == ("dpmpp_2m", 4, "karras", 0.0)
+    images, _ = render_once(str(path), tmp_path / "out", "cpu", {**form, "steps": 3, "sampler": "ddim"}, {},
+                            progress=False)
+    p = manifest(tmp_path / "out")["0001-a/5.png"]["params"]
+    assert (p["sampler"], p["steps"], p["spacing"]) == ("ddim", 3, "uniform")

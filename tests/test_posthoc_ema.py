@@ -1,5 +1,6 @@
 """Post-hoc EMA: tracking, snapshots, least-squares reconstruction and xurdif-ema."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from xurdif.recipe import load_recipe
 from xurdif.train.ema import power_exponent
 from xurdif.train.posthoc import PosthocEmas, list_snapshots, profile_inner, reconstruct, std_key
 
@@ -111,9 +113,15 @@ def test_cli_writes_a_loadable_model(run, capsys):
     assert ema_main([str(run), "--std", "0.05", "0.08", "--samples", "8", "--steps", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "std 0.050: KID" in text and "std 0.080: KID" in text and "<- best" in text
+    # The written length is the lower-KID one of those printed (unless the lower copies).
+    printed = {float(m[0]): (float(m[1]), float(m[2]) / 100)
+               for m in re.findall(r"std (\S+): KID (\S+) ± \S+, memorised (\S+)%", text)}
     net, meta = load_network(out, "ema")
     info = meta.extra["posthoc_ema"]
-    assert info["std"] in (0.05, 0.08) and info["images_seen"] == 48 and info["kid"] > 0
+    limit = load_recipe(run / "recipe.yaml").eval.memorised_max
+    fine = {s: k for s, (k, m) in printed.items() if m < limit} or {s: k for s, (k, _) in printed.items()}
+    assert sorted(printed) == [0.05, 0.08] and info["std"] == min(fine, key=fine.get)
+    assert info["images_seen"] == 48 and info["kid"] == pytest.approx(printed[info["std"]][0], abs=1e-5)
     want, _ = reconstruct(run, info["std"])
     assert all(torch.equal(v, want[k]) for k, v in net.state_dict().items())
 

@@ -28,8 +28,11 @@ def train(out, *overrides):
 
 def test_hf_imagefolder_trains_like_the_folder(tmp_path, hf_cache_in_tmp):
     folder = train(tmp_path / "folder")
+    assert not (tmp_path / "hf-cache").exists()  # the folder source does not go through datasets
     hf = train(tmp_path / "hf", "data.source=hf", f"data.hf_dataset={FIXTURE}")
-    # Same images in the same order with the same draws: the same weights.
+    # The hf source really went through `datasets` (it wrote its Arrow cache)...
+    assert any(p.suffix == ".arrow" for p in (tmp_path / "hf-cache").rglob("*"))
+    # ...and read the same images in the same order with the same draws: the same weights.
     assert all(torch.equal(folder[k], hf[k]) for k in folder)
 
 

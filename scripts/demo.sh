@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/python launch.py recipes/demo.yaml "$@"
-.venv/bin/python tools/sample.py runs/demo prompts/demo.txt -o out/demo --sampler dpmpp_2m --steps 25
+.venv/bin/python tools/sample.py runs/demo prompts/demo.txt -o out/demo  # the model's default sampler

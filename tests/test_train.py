@@ -139,7 +139,7 @@ def test_bf16_v_prediction_run(tmp_path):
     assert meta.prediction == "v"
     assert all(torch.isfinite(p).all() for p in net.parameters())
     # Without sampling.choose the model records the recipe's sampling section as its default.
-    assert meta.sampling == {"sampler": "dpmpp_2m", "steps": 10, "spacing": "karras", "eta": 0.0}
+    assert meta.sampling == {"sampler": "dpmpp_2m", "steps": 20, "spacing": "karras", "eta": 0.0}
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ CANDIDATES: tuple[tuple[str, str, float], ...] = (
     ("dpmpp_3m", "logsnr", 0.0),
     ("ddim", "karras", 0.0),
     ("ddpm", "uniform", 0.0),
+    ("dpmpp_2m", "uniform", 0.0),  # on a v model, uniform beat karras and logsnr by 30-40 %
 )
 
 

@@ -171,8 +171,9 @@ class SamplesCfg:
 class SamplingCfg:
     sampler: SamplerName = opt("dpmpp_2m", doc="the model's default sampler, recorded in its file: what "
                                "tools/sample.py, the studio and the grids use when a job names none")
-    steps: int = opt(20, min=1, max=1000, doc="its network evaluations per image (20: about ddim 50's quality, "
-                     "docs/benchmarks.md \"Samplers\"; 10 is 2x faster again, up to 13 % higher KID)")
+    steps: int = opt(20, min=1, max=1000, doc="its network evaluations per image (dpmpp_2m/karras at 20 matched "
+                     "ddim 50 on x0 and eps models but not on a v model: docs/benchmarks.md \"Samplers\"; "
+                     "sampling.choose measures it)")
     spacing: Literal["uniform", "logsnr", "karras"] = opt("karras", doc="where its steps fall "
                                                            "(xurdif/diffusion/spacing.py)")
     eta: float = opt(0.0, min=0.0, max=1.0, doc="its eta (ddim) or churn (edm)")

@@ -80,7 +80,8 @@ def test_deterministic_samplers_converge_to_exact_ode_solution(oracle):
 
 
 @pytest.mark.parametrize("name,steps,bias", [("ddim", 100, 0.035), ("dpmpp_2m", 50, 0.01),
-                                             ("ddpm", 200, 0.04), ("dpmpp_3m", 50, 0.02), ("edm", 100, 0.03)])
+                                             ("ddpm", 200, 0.04), ("dpmpp_3m", 50, 0.02), ("edm", 100, 0.03),
+                                             ("dpmpp_2m_sde", 50, 0.03)])
 def test_sample_statistics_match_data(oracle, name, steps, bias):
     n = 1000
     out = sample(oracle, (n, *SHAPE), name, steps, generator=torch.Generator().manual_seed(2),
@@ -90,7 +91,8 @@ def test_sample_statistics_match_data(oracle, name, steps, bias):
     assert ((out.mean(0) - oracle.mu) / oracle.s).abs().max() < 0.15
     # Finite steps shrink the spread a little (the last x0 estimate is a
     # posterior mean); measured biases: ddim 50/100/200 steps 4.4/2.3/1.3 %,
-    # dpmpp_2m 20/50 2.6/0.2 %, ddpm 200/1000 2.5/0.8 %.
+    # dpmpp_2m 20/50 2.6/0.2 %, ddpm 200/1000 2.5/0.8 %, dpmpp_2m_sde (eta 1) 20/50/100/400
+    # -0.5/+2.3/+1.2/+0.5 % (first order in the limit, as an SDE solver is).
     ratio = out.std(0) / oracle.s
     assert (ratio - 1).mean().abs() < bias and (ratio - 1).abs().max() < 0.1, ratio
 
@@ -207,6 +209,22 @@ def test_edm_churn_is_stochastic_and_counts_evaluations(oracle):
     assert torch.equal(b, c) and not torch.allclose(a, b)
     with pytest.raises(ValueError, match=r"edm eta \(churn\) must be in \[0, 1\], got 2"):
         run(2.0, 1)
+
+
+def test_dpmpp_2m_sde_is_dpmpp_2m_at_eta_0_and_noisy_above(oracle):
+    from xurdif.sampling.defaults import LEGACY, resolve
+
+    run = lambda name, seed, **kw: sample(oracle, (2, *SHAPE), name, 10, spacing="karras", device="cpu",
+                                          generator=torch.Generator().manual_seed(seed), **kw)
+    # The same update in another order of float operations: equal to rounding.
+    assert torch.allclose(run("dpmpp_2m_sde", 1, eta=0.0), run("dpmpp_2m", 1), atol=1e-6, rtol=0)
+    a, b, c = run("dpmpp_2m_sde", 1, eta=1.0), run("dpmpp_2m_sde", 1, eta=1.0), run("dpmpp_2m_sde", 2, eta=1.0)
+    assert torch.equal(a, b) and not torch.allclose(a, c) and not torch.allclose(a, run("dpmpp_2m", 1))
+    with pytest.raises(ValueError, match=r"dpmpp_2m_sde eta must be in \[0, 1\], got 1.5"):
+        run("dpmpp_2m_sde", 1, eta=1.5)
+    # Named without an eta it is the SDE (eta 1), not dpmpp_2m under another name.
+    assert resolve(LEGACY, "dpmpp_2m_sde").eta == 1.0 and resolve(LEGACY, "ddim").eta == 0.0
+    assert resolve(LEGACY, "dpmpp_2m_sde", eta=0.3).eta == 0.3
 
 
 def test_spacings():

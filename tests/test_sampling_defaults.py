@@ -51,7 +51,7 @@ def test_model_file_records_its_default_and_refuses_a_bad_one(tmp_path):
     md = {**meta.to_metadata(), "sampling": json.dumps({"sampler": "euler", "steps": 4})}
     save_file(load_file(str(path)), str(path), metadata=md)
     with pytest.raises(ModelFileError, match=rf"^{path}: unusable model metadata: sampling \(unknown sampler "
-                                             r"'euler'; valid: ddpm, ddim, dpmpp_2m, dpmpp_3m, edm\)$"):
+                                             r"'euler'; valid: ddpm, ddim, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, edm\)$"):
         read_meta(path)
 
 

@@ -7,7 +7,7 @@ without one (every model from before this was added, and imported checkpoints)
 keeps the old default, ddim 50 with uniform spacing, so it renders as before.
 
 A job that names its sampler renders as it did before too: steps 50, uniform
-spacing, eta 0, unless it names those as well. "auto" (the default) takes all of
+spacing, eta 0 (dpmpp_2m_sde: 1), unless it names those as well. "auto" (the default) takes all of
 the model's settings, each of which the job may still override.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Sampling:
     sampler: str
     steps: int          # network evaluations
     spacing: str = "uniform"
-    eta: float = 0.0    # ddim's eta, edm's churn; ignored by the other samplers
+    eta: float = 0.0    # ddim's and dpmpp_2m_sde's eta, edm's churn; ignored by the other samplers
     curve: tuple[float, ...] = field(default=(), compare=False)  # spacing "fitted": log-SNR at even u
 
     def describe(self) -> str:
@@ -80,7 +80,10 @@ def resolve(model: Sampling, sampler: str | None = AUTO, steps: int | None = Non
             eta: float | None = None) -> Sampling:
     """The settings a job renders with: the model's for "auto", the old defaults
     under a sampler the job names, and whatever the job sets itself on top."""
-    base = model if sampler in (None, AUTO) else Sampling(sampler, LEGACY.steps, LEGACY.spacing, LEGACY.eta)
+    from ..diffusion.samplers import default_eta
+
+    base = model if sampler in (None, AUTO) else Sampling(sampler, LEGACY.steps, LEGACY.spacing,
+                                                          default_eta(sampler) if sampler in SAMPLERS else LEGACY.eta)
     return Sampling(base.sampler, base.steps if steps is None else steps,
                     base.spacing if spacing in (None, AUTO) else spacing,
                     base.eta if eta is None else eta, model.curve)

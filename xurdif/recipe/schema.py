@@ -154,7 +154,7 @@ class LogCfg:
 
 
 # xurdif/diffusion/samplers.py SAMPLERS and spacing.py SPACINGS (tests/test_recipe.py keeps them equal).
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"]
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "edm"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class SamplesCfg:
     every_steps: int = opt(500, min=0, doc="EMA sample grid every N steps (0 = only at the end)")
     n: int = opt(16, min=1, max=256, doc="images in the grid")
     steps: Optional[int] = opt(None, min=1, max=1000, doc="network evaluations (null: sampling.steps)")
-    sampler: Literal["auto", "ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"] = opt(
+    sampler: Literal["auto", "ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m", "edm"] = opt(
         "auto", doc="sampler for the grid (auto: the model's default, the sampling section)")
     seed: int = opt(1234, min=0, doc="fixed noise seed, so grids are comparable over time")
 
@@ -176,7 +176,7 @@ class SamplingCfg:
                      "sampling.choose measures it)")
     spacing: Literal["uniform", "logsnr", "karras"] = opt("karras", doc="where its steps fall "
                                                            "(xurdif/diffusion/spacing.py)")
-    eta: float = opt(0.0, min=0.0, max=1.0, doc="its eta (ddim) or churn (edm)")
+    eta: float = opt(0.0, min=0.0, max=1.0, doc="its eta (ddim, dpmpp_2m_sde) or churn (edm)")
     choose: bool = opt(False, doc="at the end of training, render sampling.samples images with each candidate "
                        "(xurdif/sampling/choose.py) at sampling.steps evaluations, score KID against the held-out "
                        "images (else the training images) and record the winner instead")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 SOLVERS = ("ddpm/uniform", "ddim/uniform", "ddim/karras", "dpmpp_2m/uniform", "dpmpp_2m/karras",
            "dpmpp_2m/logsnr", "dpmpp_2m/fitted", "dpmpp_3m/logsnr", "dpmpp_3m/karras", "edm/karras",
-           "edm/karras/0.5")
+           "edm/karras/0.5", "dpmpp_2m_sde/uniform", "dpmpp_2m_sde/karras", "dpmpp_2m_sde/logsnr")
 EVALS = (5, 8, 10, 15, 20, 50, 100)
 SVG_STYLE = ("<style>text{font:10px sans-serif;fill:#444}.title{font-size:12px;fill:#222}"
              ".frame{fill:none;stroke:#bbb}.grid{stroke:#eee}</style>")
@@ -62,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_solver(text: str):
+    from xurdif.diffusion.samplers import default_eta
     from xurdif.sampling.defaults import Sampling
 
     sampler, spacing, *eta = text.split("/")
-    return Sampling(sampler, 1, spacing, float(eta[0]) if eta else 0.0)
+    return Sampling(sampler, 1, spacing, float(eta[0]) if eta else default_eta(sampler))
 
 
 def measure_model(name: str, path: Path, args, reference, extractor, results: dict, save) -> None:

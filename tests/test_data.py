@@ -272,8 +272,7 @@ def sideways_photo(path: Path) -> Path:
 
 def test_exif_orientation_is_applied_to_training_init_and_guide_images(tmp_path):
     from xurdif.guidance.images import load_image
-    from xurdif.render.jobs import Job
-    from xurdif.render.run import load_init
+    from xurdif.render.plan import load_init
 
     (tmp_path / "data").mkdir()
     photo = sideways_photo(tmp_path / "data" / "photo.png")
@@ -283,7 +282,7 @@ def test_exif_orientation_is_applied_to_training_init_and_guide_images(tmp_path)
     assert upright[:, 0, 0].tolist() == [255, 0, 0] and upright[:, 15, 0].tolist() == [0, 0, 255]
     guide = load_image(str(photo), "target")
     assert tuple(guide.shape) == (1, 3, 16, 8) and guide[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0]
-    init, (w, h) = load_init(Job(prompt="x", init=str(photo)), None, 16, 8)
+    init, (w, h) = load_init(str(photo), None, (16, 16), 8)
     assert (w, h) == (8, 16) and tuple(init.shape) == (3, 16, 8)
     assert init[:, 0, 4].tolist() == [1.0, 0.0, 0.0] and init[:, 15, 4].tolist() == [0.0, 0.0, 1.0]
 

@@ -60,19 +60,16 @@ class _Moved:
 
 
 def test_to_device_leaves_device_batches_alone_and_pins_host_ones():
-    from types import SimpleNamespace
+    from xurdif.train.feed import to_device
 
-    from xurdif.train.loop import Trainer
-
-    trainer = SimpleNamespace(acc=SimpleNamespace(device=torch.device("cuda")))  # accelerate says "cuda" ...
+    cuda = torch.device("cuda")  # accelerate says "cuda" ...
     on_gpu = _Moved("cuda:0")  # ... a batch the loader already moved says "cuda:0": pinning it again fails
-    assert Trainer.to_device(trainer, on_gpu) is on_gpu and on_gpu.calls == []
+    assert to_device(on_gpu, cuda) is on_gpu and on_gpu.calls == []
     host = _Moved("cpu")
-    assert Trainer.to_device(trainer, host) is host
+    assert to_device(host, cuda) is host
     assert host.calls == ["is_pinned", "pin_memory", ("to", "cuda", True)]  # pinned, then copied without waiting
-    cpu_run = SimpleNamespace(acc=SimpleNamespace(device=torch.device("cpu")))
     plain = torch.ones(2)
-    assert Trainer.to_device(cpu_run, plain) is plain
+    assert to_device(plain, torch.device("cpu")) is plain
 
 
 

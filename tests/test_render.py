@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from xurdif.guidance import KEYS as GUIDANCE_KEYS
+from xurdif.guidance import GuidanceCfg
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
@@ -115,7 +116,9 @@ jobs:
     jobs, errors, presets = load_jobs(f, Job(), {"n": 4})
     assert [j.prompt for j in jobs] == ["plain prompt", "guided"]
     assert jobs[0].steps == 12 and jobs[0].sampler == "dpmpp_2m" and jobs[0].n == 4
-    assert jobs[1].n == 2 and jobs[1].guidance == {"scale": 0.5} and jobs[1].line == 6
+    assert jobs[1].n == 2 and jobs[1].line == 6
+    # The guidance block is parsed as the job loads: its scale, every other key at its default.
+    assert jobs[1].guidance == GuidanceCfg(scale=0.5) and jobs[0].guidance is None
     assert jobs[1].init == str(tmp_path / "fox.png") and presets == {"mine": "contrast:1.2,grain:0.01"}
     # The line of the bad key (the job starts on 11).
     assert errors[0].startswith(f"{f}:12: unknown option 'stepz'; did you mean 'steps'?")
@@ -359,7 +362,7 @@ def test_guided_jobs_render_record_their_guides_and_fail_alone(model_file, tmp_p
     assert f"{tmp_path}/missing.pt" in err and "sclae" in err and "scale" in err
     recs = {r["prompt"]: r for r in manifest(out)}
     assert set(recs) == {"a plain face", "a guided face"}
-    assert "guidance" not in recs["a plain face"]["params"] or not recs["a plain face"]["params"]["guidance"]
+    assert recs["a plain face"]["params"]["guidance"] == {}  # unguided: nothing recorded
     guides = recs["a guided face"]["params"]["guidance"]
     assert json.dumps(guides).count("a guided face") >= 1  # the prompt is the CLIP text
     with Image.open(out / recs["a guided face"]["file"]) as im:

@@ -16,7 +16,8 @@ from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
 from xurdif.render.jobs import Job, parse_prompts_text
-from xurdif.render.run import render, tiling
+from xurdif.render.plan import tiling
+from xurdif.render.run import render
 from xurdif.weights import load_denoiser
 from xurdif.weights import ModelMeta, save_model_file
 

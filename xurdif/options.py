@@ -3,12 +3,13 @@ guidance block, a prompt line's `k=v` strings) become the typed fields of a
 dataclass, checked against each field's type, choices and range, with "did you
 mean" hints for unknown keys and choices.
 
-`convert` reports `Problem`s instead of raising, so each caller words them in
-its own voice: a recipe lists every problem at once, a job line or a guidance
-block stops at the first.
+`convert` reports `Problem`s instead of raising: a recipe lists every problem
+at once, a job line or a guidance block stops at the first. `say` words a
+problem in the `Voice` of the input it came from (each is pinned by tests and
+known to users), and `OptionError` carries the lines, whatever they configure.
 
 Choices are a field's `Literal[...]` arguments or its metadata `choices`;
-ranges are its metadata `min` / `max` (see `xurdif.recipe.schema.opt`).
+ranges are its metadata `min` / `max` (see `opt`).
 
 YAML 1.1, which pyyaml follows, reads yes/no/on/off as booleans, so a choice
 written bare (`mixed_precision: no`, `ema.kind=off`) arrives as False or True.
@@ -24,8 +25,10 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from .shown import shown
 
 # The words YAML 1.1 reads as each boolean (pyyaml: yes/no/true/false/on/off;
 # the spec adds y/n). Lower case: YAML also reads Yes, NO, Off, ...
@@ -38,6 +41,22 @@ _INT_TEXT = re.compile(r"\s*-?\d{1,40}\s*")  # longer is no setting, and past 43
 def close_matches(word: Any, valid: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
     """The valid names closest to `word`, best first (the one "did you mean" source)."""
     return difflib.get_close_matches(str(word), list(valid), n=n, cutoff=cutoff)
+
+
+def did_you_mean(hints: Sequence[str], quote: bool = True) -> str:
+    """"did you mean 'x'?" for the closest valid names ("" for none): the one wording of a hint."""
+    if not hints:
+        return ""
+    return f"did you mean {', '.join(repr(h) if quote else str(h) for h in hints)}?"
+
+
+def opt(default: Any, **metadata: Any) -> Any:
+    """A dataclass field with its default and what `convert` checks: `min` / `max`
+    (inclusive; `min_open=True` leaves min itself out) and `choices`; `doc` says in
+    a few words what the value means."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=functools.partial(type(default), default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def suggest_key(dotted: str, valid: list[str]) -> str | None:
@@ -183,16 +202,14 @@ def coerce(t: Any, v: Any, *, text: bool = False) -> tuple[bool, Any]:
     raise TypeError(f"no coercion for type {t!r}: give the field a parser")  # a developer's error
 
 
-def out_of_range(value: Any, metadata: typing.Mapping) -> tuple[Any, Any] | None:
-    """(lo, hi) when a number of value (or of a list value) is outside metadata min/max."""
-    lo, hi = metadata.get("min"), metadata.get("max")
-    if lo is None and hi is None:
-        return None
+def out_of_range(value: Any, metadata: typing.Mapping) -> bool:
+    """Whether a number of value (or of a list value) is outside metadata min/max."""
+    lo, hi, lo_open = metadata.get("min"), metadata.get("max"), metadata.get("min_open", False)
     for x in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(x, (int, float)) and not isinstance(x, bool):
-            if lo is not None and x < lo or hi is not None and x > hi:
-                return lo, hi
-    return None
+            if lo is not None and (x <= lo if lo_open else x < lo) or hi is not None and x > hi:
+                return True
+    return False
 
 
 # ---------------------------------------------------------------- mappings
@@ -209,9 +226,17 @@ class Problem:
     t: Any = None            # type: the field's type
     choices: tuple = ()      # choice: the valid choices
     hint: tuple = ()         # unknown / choice: the closest valid names
-    lo: Any = None           # range: allowed minimum and maximum (None: open)
+    lo: Any = None           # range: allowed minimum and maximum (None: unbounded)
     hi: Any = None
+    lo_open: bool = False    # range: lo itself is not allowed
+    doc: str = ""            # range: what the value means, in a few words
     message: str = ""        # invalid: the field parser's own words
+
+    @classmethod
+    def out_of(cls, key: str, value: Any, t: Any, md: typing.Mapping) -> "Problem":
+        """A range problem for a field of type t with metadata md."""
+        return cls(key, "range", value, describe_type(t, md), t, lo=md.get("min"), hi=md.get("max"),
+                   lo_open=md.get("min_open", False), doc=md.get("doc", ""))
 
 
 @functools.lru_cache(maxsize=None)
@@ -228,8 +253,10 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
 
     Nested dataclass fields take a mapping (None = all defaults) and are built.
     `names` limits which fields may be set; `parsers` maps a field name to a
-    function turning its raw value into the typed one (ValueError = invalid).
-    Missing keys are left out, so the dataclass defaults apply.
+    function turning its raw value into the typed one (ValueError = invalid; an
+    OptionError's `key` names the key inside the field). A parsed value is
+    range-checked like any other. Missing keys are left out, so the dataclass
+    defaults apply.
     """
     if not isinstance(data, dict):
         return {}, [Problem(prefix.rstrip("."), "mapping", data)]
@@ -247,9 +274,15 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
         t, md = hints[key], fields[key].metadata
         if key in parsers:
             try:
-                values[key] = parsers[key](raw)
+                value = parsers[key](raw)
             except ValueError as e:
-                problems.append(Problem(dotted, "invalid", raw, message=str(e)))
+                inner = getattr(e, "key", "")
+                problems.append(Problem(f"{dotted}.{inner}" if inner else dotted, "invalid", raw, message=str(e)))
+                continue
+            if out_of_range(value, md):
+                problems.append(Problem.out_of(dotted, value, t, md))
+                continue
+            values[key] = value
             continue
         if dataclasses.is_dataclass(t):
             sub, subproblems = convert(t, {} if raw is None else raw, text=text, prefix=dotted + ".")
@@ -267,9 +300,61 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
             else:
                 problems.append(Problem(dotted, "type", raw, describe_type(t, md), t))
             continue
-        bounds = out_of_range(value, md)
-        if bounds:
-            problems.append(Problem(dotted, "range", value, lo=bounds[0], hi=bounds[1]))
+        if out_of_range(value, md):
+            problems.append(Problem.out_of(dotted, value, t, md))
             continue
         values[key] = value
     return values, problems
+
+
+# ---------------------------------------------------------------- wording
+
+
+class OptionError(ValueError):
+    """Bad options, whatever they configure (a recipe, a job, a guidance block): one line
+    per problem. `key` is the option the first line is about, so that a caller who knows
+    where each key was written can point at its line."""
+
+    def __init__(self, problems: str | Iterable[str], key: str = ""):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.key = key
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Voice:
+    """How one kind of input words a Problem, kind by kind: templates that `say` fills
+    with key, value, hint, valid, expected, span, note, what, lo, hi and message."""
+
+    unknown: str
+    choice: str
+    type: str
+    range: str
+    invalid: str = "{message}"
+    mapping: str = "{key}: must be a mapping, got {value}"
+    hint: str = "{} "         # where "did you mean ...?" goes, when there is a close name
+    quote: bool = True        # the hint's names in quotes ('seed') or bare (optim.lr)
+    dots: bool = True         # a closed range as 1..1000, else as [1, 1000]
+    number: str = "a number"  # what a float field expects, in words
+
+
+def span(lo: Any, hi: Any, lo_open: bool = False, dots: bool = True) -> str:
+    """An allowed range in words: "in 1..1000", "in (0, 1]", ">= 1", "> 0", "<= 1"."""
+    if lo is not None and hi is not None:
+        return f"in {lo}..{hi}" if dots and not lo_open else f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    return f"<= {hi}"
+
+
+def say(p: Problem, voice: Voice, valid: Iterable[str] = ()) -> str:
+    """The problem in one line, in the voice of its input: the one place problems are worded.
+    `valid` lists the valid names of an unknown key."""
+    near = did_you_mean(p.hint, voice.quote)
+    return getattr(voice, p.kind).format(
+        key=p.key, value=shown(p.value), hint=voice.hint.format(near) if near else "",
+        valid=", ".join(str(c) for c in (p.choices or valid)),
+        expected=voice.number if p.t is float else p.expected,
+        span=span(p.lo, p.hi, p.lo_open, voice.dots), note=f" ({p.doc})" if p.doc else "",
+        what=p.doc or p.expected, lo="-inf" if p.lo is None else p.lo, hi="inf" if p.hi is None else p.hi,
+        message=p.message)

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import kornia
 import torch
 
-from .options import close_matches, coerce
+from .options import close_matches, coerce, did_you_mean
 from .shown import shown
 
 Image = torch.Tensor  # [N, 3, H, W] in [0, 1]
@@ -124,9 +124,8 @@ def _parse(spec: str, presets: dict[str, str], seen: tuple[str, ...]) -> list[tu
 
 
 def _unknown(name: str, valid: list[str], what: str) -> str:
-    close = close_matches(name, valid)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {what} {name!r}{hint} (valid: {', '.join(valid)})"
+    hint = did_you_mean(close_matches(name, valid))
+    return f"unknown {what} {name!r}" + (f"; {hint}" if hint else "") + f" (valid: {', '.join(valid)})"
 
 
 def apply_chain(x: Image, chain: list[tuple[str, float]],

@@ -6,7 +6,6 @@ metadata and manifest line, then OUT/index.html is rebuilt. No second code path.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import sys
@@ -83,13 +82,12 @@ def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, i
     # Empty steps (or 0) and eta: the model's own, like a job line that does not name them.
     opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler or AUTO,
             "spacing": spacing or AUTO, "size": size.strip(), "init": init or "", "strength": str(strength),
-            "noise_mult": str(noise_mult), "post": post.strip()}
+            "noise_mult": str(noise_mult), "post": post.strip(), "guidance": guidance}
     if steps:
         opts["steps"] = str(int(steps))
     if eta is not None:
         opts["eta"] = str(eta)
-    job = make_job(opts, Job(index=index), WHERE, {})
-    return dataclasses.replace(job, guidance=guidance)
+    return make_job(opts, Job(index=index), WHERE, {})
 
 
 def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance: dict,
@@ -98,10 +96,6 @@ def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance
     try:
         model_path = resolve_model_path(model or "")
         job = make_studio_job(**job_args, guidance=guidance, index=next_index(out_dir))
-        if guidance:
-            from .guidance import describe_guidance
-
-            describe_guidance(guidance, job.prompt)
         result = render(model_path, [job], out_dir, device=device, progress=progress)
     except (FileNotFoundError, JobError, ValueError, OSError, RuntimeError) as e:
         return [], message(f"Error: {e}")
@@ -109,9 +103,10 @@ def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance
     if result.failures:
         return [], message("Error: " + "; ".join(result.failures))
     from .render.outputs import job_dir_name
+    from .render.plan import outputs_of
 
     folder = out_dir / job_dir_name(job.index, job.prompt)
-    images = [(str(folder / f"{s}.png"), f"seed {s}") for s in job.seeds()]
+    images = [(str(out_dir / o.rel), f"seed {o.seed}") for o in outputs_of(job)]
     return images, f"Saved {len(images)} image(s) to {folder} (gallery: {out_dir / 'index.html'})"
 
 

@@ -31,10 +31,11 @@ def to_model_range(batch: torch.Tensor) -> torch.Tensor:
     return batch.to(torch.float32).div_(127.5).sub_(1.0)
 
 
-def augment_batch(images: Sequence[torch.Tensor], seeds: Sequence[int], size: int, crop: str,
-                  hflip: bool) -> torch.Tensor:
+def crop_flip_batch(images: Sequence[torch.Tensor], seeds: Sequence[int], size: int, crop: str,
+                    hflip: bool) -> torch.Tensor:
+    """uint8 [N, 3, size, size]: crop_flip of each image with its own seed."""
     if len(images) != len(seeds):
         raise ValueError(f"get(): {len(images)} indices but {len(seeds)} seeds")
     if not images:
-        return torch.empty(0, 3, size, size)
-    return to_model_range(torch.stack([crop_flip(im, size, crop, hflip, s) for im, s in zip(images, seeds)]))
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.stack([crop_flip(im, size, crop, hflip, s) for im, s in zip(images, seeds)])

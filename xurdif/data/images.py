@@ -4,11 +4,14 @@ guide images, and evaluation.
 `read_picture` is the one way a file becomes pixels: bomb and corrupt-file checks, the
 first frame of an animation, EXIF orientation, transparency on a background colour.
 `decode_image` adds training's aspect-preserving resize (short side == size), and
-`training_view` its centre crop, so evaluation sees what training saw.
+`training_view` its centre crop, so evaluation sees what training saw. `cover` is the
+one way a picture is fitted to another aspect ratio (training views, init images), and
+`to_tensor` the one way a picture becomes a tensor.
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -162,10 +165,25 @@ def resize_short_side(im: Image.Image, size: int) -> Image.Image:
     return im.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
+def cover(im: Image.Image, size: tuple[int, int], reducing_gap: float | None = 3.0) -> Image.Image:
+    """The picture scaled to cover `size` (width, height) and centre-cropped to it, never distorted.
+
+    The long side is first cut to what the crop can use (and to no less than MAX_ASPECT x
+    the short side, as training keeps), so a 1,000,000 x 1 strip is never scaled up whole.
+    """
+    w, h = size
+    im = bound_aspect(im, max(MAX_ASPECT, math.ceil(max(w / h, h / w))))
+    scale = max(w / im.width, h / im.height)
+    im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
+                   Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 [3, h, w]."""
+    """PIL image -> uint8 [C, h, w]: C = 3 for RGB, 1 for grey."""
     arr = np.array(im, dtype=np.uint8)  # a writable copy torch can own
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr.reshape(im.height, im.width, -1)).permute(2, 0, 1).contiguous()
 
 
 def decode_image(src: ImageSource, size: int, background: tuple[int, int, int], max_pixels: int) -> torch.Tensor:
@@ -193,12 +211,7 @@ def training_view(src: ImageSource, size: int | tuple[int, int], background: tup
     h, w = (size, size) if isinstance(size, int) else size
     if h == w:
         return center_crop(decode_image(src, h, background, max_pixels), h)
-    im = bound_aspect(read_picture(src, background, max_pixels))
-    scale = max(w / im.width, h / im.height)
-    im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))),
-                   Image.Resampling.LANCZOS, reducing_gap=3.0)
-    top, left = (im.height - h) // 2, (im.width - w) // 2
-    return to_tensor(im)[:, top:top + h, left:left + w].contiguous()
+    return to_tensor(cover(read_picture(src, background, max_pixels), (w, h)))
 
 
 def check_header(src: ImageSource, max_pixels: int) -> None:

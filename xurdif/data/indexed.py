@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from xurdif.data.augment import augment_batch, crop_flip
+from xurdif.data.augment import crop_flip_batch, to_model_range
 from xurdif.data.images import BadImage, DataError, ImageSource, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
 from xurdif.shown import clean
@@ -127,15 +127,12 @@ class IndexedImages:
 
     def get(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
         """float32 [N, 3, S, S] in [-1, 1]; sample i augmented by a generator seeded with seeds[i] alone."""
-        images = [self.image(int(i)) for i in indices]
-        return augment_batch(images, seeds, self.cfg.size, self.cfg.crop, self.cfg.hflip)
+        return to_model_range(self.get_uint8(indices, seeds))
 
     def get_uint8(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
         """get() before the float conversion: uint8 [N, 3, S, S] (to_model_range maps it)."""
-        if len(indices) != len(seeds):
-            raise ValueError(f"get(): {len(indices)} indices but {len(seeds)} seeds")
         c = self.cfg
-        return torch.stack([crop_flip(self.image(int(i)), c.size, c.crop, c.hflip, s) for i, s in zip(indices, seeds)])
+        return crop_flip_batch([self.image(int(i)) for i in indices], seeds, c.size, c.crop, c.hflip)
 
     def cache_bytes(self) -> int:
         return sum(t.numel() for t in self._cache) if self._cache is not None else 0

@@ -14,6 +14,7 @@ from pytorch_msssim import ms_ssim, ssim
 from ..recipe import LossCfg
 
 TERMS = ("l2", "l1", "edge_l1", "ssim", "ms_ssim")
+TOTAL = "total"  # their weighted sum; the terms and it are the statistics logged under loss/
 
 
 def edge_weights(x01: torch.Tensor, threshold: float, weight: float) -> torch.Tensor:

@@ -67,24 +67,28 @@ def evaluate_images(real_images: torch.Tensor, fake_images: torch.Tensor, *,
         "kid": {"mean": kid_mean, "std": kid_std, "subsets": kid_subsets},
         "swd_x1e3": {"levels": {str(res): v for res, v in swd_report["levels"].items()},
                      "mean": swd_report["mean"]},
-        "memorisation": {
-            "fraction": memo.fraction,
-            "count": int(memo.memorised.sum()),
-            "threshold": threshold,
-            "space": MEMORISATION_SPACE,
-            # Per sample, so a user can find the copies (and the picture can be drawn).
-            "ratio": memo.ratio.tolist(),
-            "nearest": memo.nearest.tolist(),
-            "nearest_row": memo.nearest_row.tolist(),
-            "second": memo.second.tolist(),
-            "distance": memo.distance.tolist(),
-            # Each test on its own, beside the verdict (plain L2 misses shifted copies).
-            "pixel_l2": {"fraction": plain.fraction, "count": int(plain.memorised.sum()),
-                         "space": PIXEL_SPACE, "ratio": plain.ratio.tolist()},
-            "robust": {"fraction": robust.fraction, "count": int(robust.memorised.sum()),
-                       "ratio": robust.ratio.tolist()},
-        },
+        "memorisation": memorisation_report(memo, robust, plain, threshold),
         "seconds": time.perf_counter() - started,
+    }
+
+
+def memorisation_report(memo, robust, plain, threshold: float) -> dict:
+    """The copy verdict as JSON, per sample, so a user can find the copies (and the
+    picture can be drawn), with each test on its own beside it (plain L2 misses shifted copies)."""
+    return {
+        "fraction": memo.fraction,
+        "count": int(memo.memorised.sum()),
+        "threshold": threshold,
+        "space": MEMORISATION_SPACE,
+        "ratio": memo.ratio.tolist(),
+        "nearest": memo.nearest.tolist(),
+        "nearest_row": memo.nearest_row.tolist(),
+        "second": memo.second.tolist(),
+        "distance": memo.distance.tolist(),
+        "pixel_l2": {"fraction": plain.fraction, "count": int(plain.memorised.sum()),
+                     "space": PIXEL_SPACE, "ratio": plain.ratio.tolist()},
+        "robust": {"fraction": robust.fraction, "count": int(robust.memorised.sum()),
+                   "ratio": robust.ratio.tolist()},
     }
 
 

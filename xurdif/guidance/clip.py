@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..options import close_matches
+from ..options import close_matches, did_you_mean
 from .config import GuidanceError
 
 RANDOM_WEIGHTS = ("none", "random")
@@ -27,10 +27,9 @@ def _check_architecture(arch: str) -> None:
 
     names = open_clip.list_models()
     if arch not in names:
-        close = close_matches(arch, names, n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise GuidanceError(f"guidance.clip_model: unknown open_clip architecture {arch!r}; {hint}"
-                            f"see open_clip.list_models()")
+        hint = did_you_mean(close_matches(arch, names, n=3), quote=False)
+        raise GuidanceError(f"guidance.clip_model: unknown open_clip architecture {arch!r}; "
+                            + (f"{hint} " if hint else "") + "see open_clip.list_models()")
 
 
 def _hf_cached(repo: str, filenames: list[str]) -> str | None:

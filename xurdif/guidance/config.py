@@ -3,7 +3,7 @@ every key a job's `guidance:` dict may hold, its type and its default.
 
 `parse_guidance(dict)` validates a job's dict against it (through
 xurdif.options): an unknown key names the closest valid one, a value of the
-wrong type or range names what is valid.
+wrong type or out of its field's range names what is valid.
 Weighted prompt lists are normalised here, so the rest of the package only sees
 tuples of `Weighted(value, weight)`.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..options import Problem, coerce, convert
+from ..options import OptionError, Problem, Voice, coerce, convert, opt, say
 from ..shown import shown
 
 
-class GuidanceError(ValueError):
+class GuidanceError(OptionError):
     """Bad guidance options or unavailable guidance resources (one clear line)."""
 
 
@@ -40,35 +40,36 @@ class GuidanceCfg:
     # Text prompts; empty means the job's prompt. "a red fox:1, blurry:-0.5".
     text: tuple[Weighted, ...] = ()
     text_weight: float = 1.0
-    clip_loss: str = field(default="cosine", metadata={"choices": CLIP_LOSSES})  # embedding distance
+    clip_loss: str = opt("cosine", choices=CLIP_LOSSES)  # embedding distance
     # Image prompts (CLIP similarity to pictures): "a.png:1, b.png:0.5".
     image_prompts: tuple[Weighted, ...] = ()
     image_weight: float = 1.0
     # Random cutouts fed to CLIP, side = cut_min..cut_max of the image's shorter
     # side, aspect ratio within 1/cut_aspect..cut_aspect.
-    cutouts: int = 16
-    cut_min: float = 0.4
-    cut_max: float = 1.0
-    cut_aspect: float = 1.25
+    cutouts: int = opt(16, min=1)
+    cut_min: float = opt(0.4, min=0, min_open=True, max=1, doc="a fraction")
+    cut_max: float = 1.0  # cut_min..1 (_check_order)
+    cut_aspect: float = opt(1.25, min=1, doc="a ratio")  # 1 = square cutouts
     cut_flip: bool = True
     cut_seed: int = 0
     # Target picture in pixel space, optional mask (white = applies).
     target: str = ""
     target_weight: float = 1.0
-    target_loss: str = field(default="ssim", metadata={"choices": TARGET_LOSSES})
+    target_loss: str = opt("ssim", choices=TARGET_LOSSES)
     target_mask: str = ""
     # Gram-matrix style from CLIP image-tower blocks; () = the first four.
     style: str = ""
     style_weight: float = 1.0
-    style_layers: tuple[int, ...] = ()
+    style_layers: tuple[int, ...] = opt((), min=0, doc="block indices")
     # How the gradient is applied. Default: on the predicted x0, an RMS step of
     # `scale` (image units) times sqrt(ᾱ)^power per denoiser call.
-    scale: float = 0.02
+    scale: float = opt(0.02, min=0)
     power: float = 1.0
-    t_min: float = 0.0  # active while t_min <= t / (T-1) <= t_max
-    t_max: float = 1.0
+    # Active while t_min <= t / (T-1) <= t_max.
+    t_min: float = opt(0.0, min=0, max=1, doc="a fraction of the schedule")
+    t_max: float = 1.0  # t_min..1 (_check_order)
     through_unet: bool = False  # backprop through the U-Net to x_t instead
-    unet_lr: float = 0.2  # eps step (RMS units) per call with through_unet
+    unet_lr: float = opt(0.2, min=0)  # eps step (RMS units) per call with through_unet
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(GuidanceCfg))
@@ -132,40 +133,19 @@ _PARSERS = {
 }
 
 
-def _say(p: Problem) -> str:
-    if p.kind == "unknown":
-        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
-        return f"guidance: unknown key {p.key!r}; {hint}valid keys: {', '.join(KEYS)}"
-    if p.kind == "choice":
-        return f"guidance.{p.key}: {shown(p.value)} is invalid; valid: {', '.join(p.choices)}"
-    if p.kind == "invalid":
-        return p.message
-    expected = "a finite number" if p.t is float else p.expected
-    return f"guidance.{p.key}: expected {expected}, got {shown(p.value)}"
+GUIDANCE = Voice(unknown="guidance: unknown key {key!r}; {hint}valid keys: {valid}",
+                 choice="guidance.{key}: {value} is invalid; {hint}valid: {valid}",
+                 type="guidance.{key}: expected {expected}, got {value}",
+                 range="guidance.{key}: {value} is invalid; valid: {what} {span}",
+                 dots=False, number="a finite number")
 
 
-def _check(cfg: GuidanceCfg) -> None:
-    def bad(key: str, valid: str) -> GuidanceError:
-        return GuidanceError(f"guidance.{key}: {getattr(cfg, key)!r} is invalid; valid: {valid}")
-
-    if cfg.cutouts < 1:
-        raise bad("cutouts", "an integer >= 1")
-    if not 0 < cfg.cut_min <= 1:
-        raise bad("cut_min", "a fraction in (0, 1]")
-    if not cfg.cut_min <= cfg.cut_max <= 1:
-        raise bad("cut_max", f"a fraction in [cut_min={cfg.cut_min}, 1]")
-    if cfg.cut_aspect < 1:
-        raise bad("cut_aspect", "a ratio >= 1 (1 = square cutouts)")
-    if not 0 <= cfg.t_min <= 1:
-        raise bad("t_min", "a fraction of the schedule in [0, 1]")
-    if not cfg.t_min <= cfg.t_max <= 1:
-        raise bad("t_max", f"a fraction of the schedule in [t_min={cfg.t_min}, 1]")
-    if cfg.scale < 0:
-        raise bad("scale", "a number >= 0")
-    if cfg.unet_lr < 0:
-        raise bad("unet_lr", "a number >= 0")
-    if any(i < 0 for i in cfg.style_layers):
-        raise bad("style_layers", "block indices >= 0")
+def _check_order(cfg: GuidanceCfg) -> None:
+    """The bounds that depend on another key."""
+    for key, low, what in (("cut_max", "cut_min", "a fraction"), ("t_max", "t_min", "a fraction of the schedule")):
+        lo, value = getattr(cfg, low), getattr(cfg, key)
+        if not lo <= value <= 1:
+            raise GuidanceError(say(Problem(key, "range", value, lo=f"{low}={lo}", hi=1, doc=what), GUIDANCE), key)
 
 
 def parse_guidance(options: dict | None) -> GuidanceCfg:
@@ -180,9 +160,9 @@ def parse_guidance(options: dict | None) -> GuidanceCfg:
     options = {k: "" if v is None and _TYPES.get(k) is str else v for k, v in options.items()}
     values, problems = convert(GuidanceCfg, options, parsers=_PARSERS)
     if problems:
-        raise GuidanceError(_say(problems[0]))
+        raise GuidanceError(say(problems[0], GUIDANCE, KEYS), problems[0].key)
     cfg = GuidanceCfg(**values)
-    _check(cfg)
+    _check_order(cfg)
     return cfg
 
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.images import BadImage, read_picture
+from ..data.images import BadImage, read_picture, to_tensor
 from .config import GuidanceError
 
 
@@ -16,11 +15,10 @@ def load_image(path: str, key: str, grey: bool = False) -> torch.Tensor:
     if not os.path.isfile(path):
         raise GuidanceError(f"guidance.{key}: image file {path!r} does not exist")
     try:
-        arr = np.asarray(read_picture(path, grey=grey), dtype=np.float32) / 255.0
+        picture = read_picture(path, grey=grey)
     except BadImage as e:
         raise GuidanceError(f"guidance.{key}: cannot read image {path!r}: {e}") from None
-    t = torch.from_numpy(arr.copy())
-    return t[None, None] if grey else t.permute(2, 0, 1)[None]
+    return to_tensor(picture)[None].float() / 255
 
 
 def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

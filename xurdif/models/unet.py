@@ -149,6 +149,19 @@ class UNet(nn.Module):
         widths = [int(base_width * m) for m in mults]
         self.stem = nn.Conv2d(in_channels * patch_size**2, widths[0], 3, padding=1)
 
+        ch = self._build_blocks(widths, blocks_per_level, emb_dim, norm_groups, dropout, head_dim)
+        self.out_norm = group_norm(ch, norm_groups)
+        self.out = nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.blocks_per_level = blocks_per_level
+
+    def _build_blocks(self, widths: list[int], blocks_per_level: int, emb_dim: int, norm_groups: int,
+                      dropout: float, head_dim: int) -> int:
+        """The down, middle and up blocks, in this order (the order random initialisation
+        draws in); returns the last block's width."""
+        levels = len(widths)
+
         def block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, norm_groups, dropout)
 
@@ -176,11 +189,7 @@ class UNet(nn.Module):
                 self.up.append(block(ch + skips.pop(), w))
                 self.up_attn.append(attn(i, w))
                 ch = w
-        self.out_norm = group_norm(ch, norm_groups)
-        self.out = nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.blocks_per_level = blocks_per_level
+        return ch
 
     def set_checkpointing(self, levels: bool | Sequence[int]) -> None:
         """Recompute the activations of these levels' blocks in the backward pass instead

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .. import yamlfile
-from ..options import Problem, convert, describe_type, leaf_keys, suggest_key
+from ..options import Problem, Voice, convert, describe_type, leaf_keys, say, suggest_key
 from ..shown import shown
 from .duration import parse_duration
 from .schema import Recipe, RecipeError
@@ -91,20 +91,26 @@ def _apply_override(data: dict, keys: list[str], value: Any) -> None:
 # ---------------------------------------------------------------- validation
 
 
+# Key first, as the file has it: "train.images: got True; expected an integer or null".
+RECIPE = Voice(unknown="{key}: unknown key{hint}", choice="{key}: got {value}; expected {expected}{hint}",
+               type="{key}: got {value}; expected {expected}", invalid="{key}: {message}",
+               range="{key}: {value} is out of range; allowed {lo} to {hi}", hint="; {}", quote=False)
+
+
 def _say(p: Problem, where: str, valid: list[str]) -> str:
     """A recipe problem in one line: file, dotted key, what would be valid."""
+    if p.kind == "mapping" and not p.key:
+        p = dataclasses.replace(p, key="recipe")
     if p.kind == "unknown":
-        near = suggest_key(p.key, valid)
-        return f"{where}: {p.key}: unknown key" + (f"; did you mean {near}?" if near else "")
-    if p.kind == "mapping":
-        return f"{where}: {p.key or 'recipe'}: must be a mapping, got {shown(p.value)}"
-    if p.kind == "range":
-        lo = p.lo if p.lo is not None else "-inf"
-        hi = p.hi if p.hi is not None else "inf"
-        return f"{where}: {p.key}: {shown(p.value)} is out of range; allowed {lo} to {hi}"
-    if p.kind == "invalid":
-        return f"{where}: {p.key}: {p.message}"
-    return f"{where}: {p.key}: got {shown(p.value)}; expected {p.expected}"
+        p = _near(p.key, valid)
+    return f"{where}: {say(p, RECIPE)}"
+
+
+def _near(dotted: str, valid: list[str]) -> Problem:
+    """An unknown key, hinting at the closest valid one in any section (a key is often
+    put in the wrong one)."""
+    near = suggest_key(dotted, valid)
+    return Problem(dotted, "unknown", hint=(near,) if near else ())
 
 
 def _build(data: Any, where: str, valid: list[str], problems: list[str]) -> Recipe:
@@ -162,8 +168,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         keys, value = parse_override(text)
         dotted = ".".join(keys)
         if dotted not in valid and not any(v.startswith(dotted + ".") for v in valid):
-            near = suggest_key(dotted, valid)
-            problems.append(f"override {dotted}: unknown key" + (f"; did you mean {near}?" if near else ""))
+            problems.append(f"override {say(_near(dotted, valid), RECIPE)}")
             continue
         _apply_override(data, keys, value)
     data.setdefault("name", path.stem)

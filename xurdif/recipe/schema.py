@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-
-def opt(default: Any, *, min: float | None = None, max: float | None = None, doc: str = "") -> Any:
-    """A field with a default, an allowed range and a one-line explanation."""
-    md = {"min": min, "max": max, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=md)
-    return field(default=default, metadata=md)
+# A field with its default, range (min/max) and one-line doc. Recipe fields may also say
+# `safe=True`: a resumed run may change it (xurdif/train/cli.py), as it alters neither the
+# weights so far nor the meaning of the saved optimizer state and data position.
+from ..options import OptionError, opt
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class DataCfg:
     shuffle_buffer: int = opt(1000, min=0, doc="source: shards — shuffle buffer size")
     allow_pipe: bool = opt(False, doc="source: shards — allow pipe: URLs (runs a shell command)")
     allow_pickle: bool = opt(False, doc="source: shards — allow pickled members (can run code)")
-    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (every source)")
+    num_workers: int = opt(0, min=0, max=64, doc="loader worker processes (every source)", safe=True)
 
 
 @dataclass(frozen=True)
@@ -93,38 +90,39 @@ class AugmentCfg:
 
 @dataclass(frozen=True)
 class OptimCfg:
-    lr: float = opt(2e-4, min=0.0, max=1.0, doc="peak learning rate")
+    lr: float = opt(2e-4, min=0.0, max=1.0, doc="peak learning rate", safe=True)
     betas: list[float] = opt([0.9, 0.99], doc="AdamW betas")
     eps: float = opt(1e-8, min=0.0, doc="AdamW epsilon")
     weight_decay: float = opt(0.0, min=0.0, doc="AdamW weight decay")
     grad_clip: float = opt(1.0, min=0.0, doc="clip gradient norm (0 = off)")
-    warmup_images: int = opt(0, min=0, doc="linear LR warmup length in images seen")
-    lr_schedule: Literal["constant", "cosine"] = opt("constant", doc="after warmup")
-    min_lr_ratio: float = opt(0.1, min=0.0, max=1.0, doc="cosine: final lr as a fraction of peak")
+    warmup_images: int = opt(0, min=0, doc="linear LR warmup length in images seen", safe=True)
+    lr_schedule: Literal["constant", "cosine"] = opt("constant", doc="after warmup", safe=True)
+    min_lr_ratio: float = opt(0.1, min=0.0, max=1.0, doc="cosine: final lr as a fraction of peak", safe=True)
 
 
 @dataclass(frozen=True)
 class TrainCfg:
-    batch_size: int = opt(16, min=1, doc="images per process per micro-batch")
-    grad_accum: int = opt(1, min=1, doc="micro-batches per optimizer step")
-    images: Optional[int] = opt(None, min=1, doc="training length in images seen (or set steps)")
-    steps: Optional[int] = opt(None, min=1, doc="training length in optimizer steps (or set images)")
+    batch_size: int = opt(16, min=1, doc="images per process per micro-batch", safe=True)
+    grad_accum: int = opt(1, min=1, doc="micro-batches per optimizer step", safe=True)
+    images: Optional[int] = opt(None, min=1, doc="training length in images seen (or set steps)", safe=True)
+    steps: Optional[int] = opt(None, min=1, doc="training length in optimizer steps (or set images)", safe=True)
     time: Optional[str] = opt(None, doc="training length as a wall-clock budget: 90s, 30m, 8h, 1h30m; the "
-                              "length in images is fixed from the measured speed (or set images/steps)")
+                              "length in images is fixed from the measured speed (or set images/steps)", safe=True)
     time_probe_steps: Optional[int] = opt(None, min=1, doc="train.time: measure speed over this many steps "
-                                          "(default: the first minute, at most a tenth of the budget)")
+                                          "(default: the first minute, at most a tenth of the budget)", safe=True)
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", doc="autocast precision")
     seed: int = opt(0, min=0, doc="every random draw derives from (seed, images seen)")
-    output_dir: str = opt("", doc="run folder (default runs/<recipe name>)")
-    max_nonfinite: int = opt(20, min=1, doc="stop after this many non-finite steps in a row")
-    compile: bool = opt(False, doc="torch.compile the network (the first steps wait for the compiler)")
-    channels_last: bool = opt(False, doc="NHWC activations and weights (faster convolutions on GPU)")
+    output_dir: str = opt("", doc="run folder (default runs/<recipe name>)", safe=True)
+    max_nonfinite: int = opt(20, min=1, doc="stop after this many non-finite steps in a row", safe=True)
+    # Speed switches, safe to change on resume: they change how the same computation runs, not what it means.
+    compile: bool = opt(False, doc="torch.compile the network (the first steps wait for the compiler)", safe=True)
+    channels_last: bool = opt(False, doc="NHWC activations and weights (faster convolutions on GPU)", safe=True)
     activation_checkpointing: bool | list[int] = opt(
         False, doc="recompute these U-Net levels' activations in backward (true = all, or e.g. [0, 1]): "
-        "less memory, ~30 % more compute")
-    tf32: bool = opt(True, doc="CUDA: TF32 for fp32 matmuls and convolutions")
+        "less memory, ~30 % more compute", safe=True)
+    tf32: bool = opt(True, doc="CUDA: TF32 for fp32 matmuls and convolutions", safe=True)
     deterministic: bool = opt(False, doc="CUDA: deterministic kernels, cudnn.benchmark off (bitwise-repeatable "
-                              "runs; slower)")
+                              "runs; slower)", safe=True)
 
 
 @dataclass(frozen=True)
@@ -136,8 +134,8 @@ class EmaCfg:
     posthoc_stds: list[float] = opt([], min=0.001, max=0.28, doc="post-hoc EMA: relative stds of the extra "
                                     "power EMAs tracked for xurdif-ema, e.g. [0.05, 0.1] (empty = off)")
     snapshot_every_images: int = opt(0, min=0, doc="post-hoc EMA: snapshot them into <run>/ema-snapshots "
-                                     "every N images seen (0 = with every checkpoint)")
-    snapshot_dtype: Literal["fp32", "fp16"] = opt("fp32", doc="post-hoc EMA: precision of the snapshots")
+                                     "every N images seen (0 = with every checkpoint)", safe=True)
+    snapshot_dtype: Literal["fp32", "fp16"] = opt("fp32", doc="post-hoc EMA: precision of the snapshots", safe=True)
 
 
 @dataclass(frozen=True)
@@ -199,14 +197,14 @@ class EvalCfg:
     holdout_path: str = opt("", doc="a folder of images of the same kind never trained on, for KID "
                             "(instead of holdout; any source)")
     memorised_max: float = opt(0.05, min=0.0, max=1.0, doc="model-best.safetensors only from measurements "
-                               "whose memorised share is below this; above it, warn once")
+                               "whose memorised share is below this; above it, warn once", safe=True)
     stop_on_memorised: bool = opt(False, doc="end the run (checkpoint saved) once memorisation exceeds "
-                                  "eval.memorised_max")
+                                  "eval.memorised_max", safe=True)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str = opt("", doc="run name (default: the recipe file's stem)")
+    name: str = opt("", doc="run name (default: the recipe file's stem)", safe=True)
     data: DataCfg = field(default_factory=DataCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
     diffusion: DiffusionCfg = field(default_factory=DiffusionCfg)
@@ -215,9 +213,9 @@ class Recipe:
     optim: OptimCfg = field(default_factory=OptimCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     ema: EmaCfg = field(default_factory=EmaCfg)
-    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
-    log: LogCfg = field(default_factory=LogCfg)
-    samples: SamplesCfg = field(default_factory=SamplesCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg, metadata={"safe": True})
+    log: LogCfg = field(default_factory=LogCfg, metadata={"safe": True})
+    samples: SamplesCfg = field(default_factory=SamplesCfg, metadata={"safe": True})
     sampling: SamplingCfg = field(default_factory=SamplingCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
 
@@ -226,9 +224,5 @@ class Recipe:
         return Path(self.train.output_dir or Path("runs") / self.name)
 
 
-class RecipeError(ValueError):
+class RecipeError(OptionError):
     """All problems of a recipe, one per line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))

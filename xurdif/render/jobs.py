@@ -25,47 +25,59 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from .. import yamlfile
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.spacing import SPACINGS
-from ..sampling.defaults import AUTO
-from ..options import Problem, close_matches, coerce, convert
+from ..guidance.config import GuidanceCfg, parse_guidance
+from ..options import OptionError, Problem, Voice, close_matches, coerce, convert, opt, say
 from ..postprocess import parse_chain
+from ..sampling.defaults import AUTO
 from ..seeds import derive_seed
 from ..shown import shown
 
 
-class JobError(ValueError):
+class JobError(OptionError):
     """A bad job: the message starts with `file:line:`."""
+
+
+class Merge(NamedTuple):
+    """A merge sweep: the job's seeds rendered with (1 - w) · the model + w · `model`, for each w."""
+
+    model: str
+    weights: tuple[float, ...]
 
 
 @dataclass(frozen=True)
 class Job:
-    """One prompt to render n times. Every option and its default lives here."""
+    """One prompt to render n times. Every option, its default and its range live here."""
 
     prompt: str = ""
-    n: int = 1                 # images for this prompt
-    seed: int | None = None    # first seed (then seed+1, ...); None: derived from (index, image)
+    n: int = opt(1, min=1)     # images for this prompt
+    seed: int | None = opt(None, min=0)  # first seed (then seed+1, ...); None: derived from (index, image)
     # Sampling: "auto" and None take the model's own default (xurdif/sampling/defaults.py).
-    steps: int | None = None   # network evaluations for a full (strength 1) render
-    sampler: str = field(default=AUTO, metadata={"choices": (AUTO, *SAMPLERS)})
-    spacing: str = field(default=AUTO, metadata={"choices": (AUTO, *SPACINGS)})
-    eta: float | None = None   # ddim: 0 deterministic, 1 DDPM-like noise; edm: churn 0..1
-    size: tuple[int, int] | None = None  # (width, height); None: init's aspect or the model's size
+    steps: int | None = opt(None, min=1, max=1000)  # network evaluations for a full (strength 1) render
+    sampler: str = opt(AUTO, choices=(AUTO, *SAMPLERS))
+    spacing: str = opt(AUTO, choices=(AUTO, *SPACINGS))
+    # ddim's eta, edm's churn; above 1 a step would add more noise than the schedule holds.
+    eta: float | None = opt(None, min=0, max=1, doc="0 deterministic, 1 DDPM-like")
+    # (width, height); None: the init's aspect or the model's size.
+    size: tuple[int, int] | None = opt(None, min=8, max=4096, doc="each side")
     init: str | None = None    # init image (img2img), relative to the job file
-    strength: float = 0.6      # with init: fraction of the schedule run; 1.0 = pure noise start
-    noise_mult: float = 1.0    # multiplies the start tensor (xurdif's noise level)
+    # With init: the fraction of the schedule run.
+    strength: float = opt(0.6, min=0, min_open=True, max=1, doc="1.0 = start from pure noise")
+    noise_mult: float = opt(1.0, min=0, min_open=True)  # multiplies the start tensor (xurdif's noise level)
     post: str = ""             # postprocessing chain or preset, e.g. contrast:1.1,gamma:0.9
-    guidance: dict = field(default_factory=dict)  # for xurdif.guidance; the prompt is the CLIP text
+    guidance: GuidanceCfg | None = None  # for xurdif.guidance; the prompt is the CLIP text
     # Big canvases: overlapping tiles blended at every step (xurdif/diffusion/tiled.py).
-    tile: str | int = "auto"   # auto: tiles of the model's size when the canvas is > 1.5x it; off; or a side in px
-    overlap: int | None = None  # px shared by neighbouring tiles; None: a quarter of the tile
+    # auto: tiles of the model's size when the canvas is > 1.5x it; off; or a side in px.
+    tile: str | int = opt("auto", min=8, max=4096, doc="a side in px; or auto, off")
+    overlap: int | None = opt(None, min=0, doc="pixels")  # shared by neighbouring tiles; None: a quarter of the tile
     wrap: bool = False         # seamless texture: the canvas wraps around at its edges
-    merge: str = ""            # B.safetensors:0,0.5,1 - the same seeds rendered along a sweep towards model B
+    merge: Merge | None = None  # B.safetensors:0,0.5,1 - the same seeds rendered along a sweep towards model B
     # Where the job came from; not options.
     index: int = field(default=0, metadata={"option": False})
     source: str = field(default="", metadata={"option": False})
@@ -77,8 +89,11 @@ class Job:
 
     def options(self) -> dict[str, Any]:
         """The options as JSON-able values (what goes into PNG metadata)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("option", True)}
+        out = {name: getattr(self, name) for name in OPTIONS}
         out["size"] = list(self.size) if self.size else None
+        # Parsed, not JSON: render/plan.py records what they resolve to (the guides a job
+        # runs, an image's merge weight); {} and "" say unset, as metadata readers expect.
+        out["guidance"], out["merge"] = {}, ""
         return out
 
     def seeds(self) -> list[int]:
@@ -107,8 +122,8 @@ def parse_size(value: Any) -> tuple[int, int] | None:
         if not m:
             raise ValueError(f"size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got {shown(value)}")
         w, h = int(m.group(1)), int(m.group(2) or m.group(1))
-    if not all(isinstance(v, int) and 8 <= v <= 4096 for v in (w, h)):
-        raise ValueError(f"size sides must be integers in 8..4096, got {shown(value)}")
+    if not all(isinstance(v, int) for v in (w, h)):
+        raise ValueError(f"size sides must be integers, got {shown(value)}")
     return int(w), int(h)
 
 
@@ -130,10 +145,10 @@ def _init(value: Any) -> str | None:
     return path
 
 
-def _guidance(value: Any) -> dict:
+def _guidance(value: Any) -> GuidanceCfg | None:
     if not isinstance(value, dict):
         raise ValueError("guidance must be a mapping (set it in a YAML job file)")
-    return dict(value)
+    return parse_guidance(value) if value else None
 
 
 def _tile(value: Any) -> str | int:
@@ -142,13 +157,15 @@ def _tile(value: Any) -> str | int:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     ok, px = coerce(int, value, text=True)
-    if not ok or not 8 <= px <= 4096:
-        raise ValueError(f"tile must be auto, off or a tile side in pixels (8..4096), got {shown(value)}")
+    if not ok:
+        raise ValueError(f"tile must be auto, off or a tile side in pixels, got {shown(value)}")
     return px
 
 
-def parse_merge(value: str) -> tuple[str, list[float]]:
-    """`B.safetensors:0,0.25,1` -> ("B.safetensors", [0.0, 0.25, 1.0])."""
+def parse_merge(value: Any) -> Merge | None:
+    """`B.safetensors:0,0.25,1` -> Merge("B.safetensors", (0.0, 0.25, 1.0)); "" -> None."""
+    if value is None or value == "":
+        return None
     path, colon, weights = str(value).rpartition(":")
     try:
         ws = [float(w) for w in weights.split(",")] if colon and path else []
@@ -158,44 +175,48 @@ def parse_merge(value: str) -> tuple[str, list[float]]:
         raise ValueError(f"merge must be MODEL:WEIGHT,WEIGHT,... (e.g. b.safetensors:0,0.5,1), got {shown(value)}")
     if len(set(ws)) != len(ws):
         raise ValueError(f"merge: a weight is given twice in {shown(value)}")
-    return path, ws
+    return Merge(path, tuple(ws))
 
 
-def _merge(value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    parse_merge(value)
-    return str(value)
-
-
-# Options with a shape of their own; the rest are plain typed values, written
-# as text on a prompt line or as YAML values in a job file.
+# Options with a shape of their own (their ranges are still the fields'); the rest are
+# plain typed values, written as text on a prompt line or as YAML values in a job file.
 PARSERS = {"size": parse_size, "seed": _seed, "init": _init, "guidance": _guidance, "tile": _tile,
-           "merge": _merge}
+           "merge": parse_merge}
+
+# "n must be >= 1, got 0": the option first, as a prompt line has it.
+JOB = Voice(unknown="unknown option {key!r}; {hint}valid: {valid}",
+            choice="unknown {key} {value}; {hint}valid: {valid}",
+            type="{key} must be {expected}, got {value}", range="{key} must be {span}{note}, got {value}")
+JOB_FILE = dataclasses.replace(JOB, unknown="unknown key {key!r}; {hint}valid: {valid}")
+JOB_FILE_KEYS = ("defaults", "presets", "jobs")
 
 
-def _say(p: Problem) -> str:
-    if p.kind == "unknown":
-        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
-        return f"unknown option {p.key!r}; {hint}valid: {', '.join(OPTIONS)}"
-    if p.kind == "choice":
-        hint = f"did you mean {p.hint[0]!r}? " if p.hint else ""
-        return f"unknown {p.key} {shown(p.value)}; {hint}valid: {', '.join(p.choices)}"
-    if p.kind == "invalid":
-        return p.message
-    return f"{p.key} must be {p.expected}, got {shown(p.value)}"
+def _check(job: Job, presets: dict[str, str]) -> list[Problem]:
+    """What depends on more than one option (or on the presets): the fields check their own ranges."""
+    if not job.prompt.strip():
+        return [Problem("prompt", "invalid", message="empty prompt")]
+    if job.seed is not None and job.seed >= 2**63 - job.n:  # every image's seed must fit in 63 bits
+        return [Problem("seed", "invalid", message=f"seed + n must be below 2**63, got seed {job.seed}")]
+    if isinstance(job.tile, int) and job.overlap is not None and job.overlap >= job.tile:
+        return [Problem("overlap", "invalid",
+                        message=f"overlap must be smaller than the tile ({job.tile} px), got {job.overlap}")]
+    try:
+        parse_chain(job.post, presets)
+    except ValueError as e:
+        return [Problem("post", "invalid", message=str(e))]
+    return []
 
 
-def _line_of(message: str, key_lines: dict[str, int], line: int) -> int:
-    """The line of the key an error is about (`guidance.scale`, `seed`), else the job's."""
-    m = re.match(r"(?:guidance(?:\.(\w+))?: (?:unknown key '(\w+)')?|unknown option '(\w+)'|(\w+) must )",
-                 message)
-    if not m:
-        return line
-    sub = m.group(1) or m.group(2)
-    if m.group(3) or m.group(4):
-        return key_lines.get(m.group(3) or m.group(4), line)
-    return key_lines.get(f"guidance.{sub}", key_lines.get("guidance", line))
+def _beside(values: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """init and merge model paths are relative to the job file."""
+    if base_dir is None:
+        return values
+    if values.get("init") and not Path(values["init"]).is_absolute():
+        values["init"] = str(base_dir / values["init"])
+    merge = values.get("merge")
+    if merge and not Path(merge.model).is_absolute():
+        values["merge"] = merge._replace(model=str(base_dir / merge.model))
+    return values
 
 
 def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: dict[str, str],
@@ -204,54 +225,16 @@ def make_job(opts: dict[str, Any], base: Job, where: tuple[str, int], presets: d
     key_lines (YAML job files): the line of each key, and of each guidance key as
     `guidance.KEY`, so an error names the line of the key it is about."""
     source, line = where
-    key_lines = key_lines or {}
-
-    def place(message: str) -> str:
-        at = _line_of(message, key_lines, line)
-        return f"{source}:{at}" if at else source  # the command line has no line number
-
     values, problems = convert(Job, opts, text=True, names=OPTIONS, parsers=PARSERS)
-    if problems:
-        message = _say(problems[0])
-        raise JobError(f"{place(message)}: {message}")
-    if values.get("init") and base_dir is not None and not Path(values["init"]).is_absolute():
-        values["init"] = str(base_dir / values["init"])
-    if values.get("merge") and base_dir is not None:
-        path, _ = parse_merge(values["merge"])
-        if not Path(path).is_absolute():
-            values["merge"] = str(base_dir / values["merge"])
-    job = dataclasses.replace(base, **values, source=source, line=line)
-    try:
-        validate(job, presets)
-        if job.guidance and key_lines:  # a job file: check guidance here, where its lines are known
-            from ..guidance import parse_guidance
-
-            parse_guidance(job.guidance)
-    except ValueError as e:
-        raise JobError(f"{place(str(e))}: {e}") from None
-    return job
-
-
-def validate(job: Job, presets: dict[str, str]) -> None:
-    if not job.prompt.strip():
-        raise ValueError("empty prompt")
-    if job.n < 1:
-        raise ValueError(f"n must be >= 1, got {job.n}")
-    if job.steps is not None and not 1 <= job.steps <= 1000:
-        raise ValueError(f"steps must be in 1..1000, got {job.steps}")
-    if job.eta is not None and not 0 <= job.eta <= 1:  # above 1 a step adds more noise than the schedule holds
-        raise ValueError(f"eta must be in 0..1 (0 deterministic, 1 DDPM-like), got {job.eta}")
-    if not 0 < job.strength <= 1:
-        raise ValueError(f"strength must be in (0, 1] (1.0 = start from pure noise), got {job.strength}")
-    if job.noise_mult <= 0:
-        raise ValueError(f"noise_mult must be > 0, got {job.noise_mult}")
-    if job.seed is not None and not 0 <= job.seed < 2**63 - job.n:
-        raise ValueError(f"seed must be a non-negative integer, got {job.seed}")
-    if job.overlap is not None and job.overlap < 0:
-        raise ValueError(f"overlap must be >= 0 pixels, got {job.overlap}")
-    if isinstance(job.tile, int) and job.overlap is not None and job.overlap >= job.tile:
-        raise ValueError(f"overlap must be smaller than the tile ({job.tile} px), got {job.overlap}")
-    parse_chain(job.post, presets)
+    if not problems:
+        job = dataclasses.replace(base, **_beside(values, base_dir), source=source, line=line)
+        problems = _check(job, presets)
+    if not problems:
+        return job
+    p, lines = problems[0], key_lines or {}
+    at = lines.get(p.key, lines.get(p.key.split(".")[0], line))
+    place = f"{source}:{at}" if at else source  # the command line has no line number
+    raise JobError(f"{place}: {say(p, JOB, OPTIONS)}", p.key)
 
 
 def split_inline(text: str) -> tuple[str, dict[str, str]]:
@@ -324,10 +307,9 @@ def parse_yaml_text(text: str, source: str, base: Job, cli_defaults: dict[str, A
         raise JobError(f"{source}:1: a job file is a mapping with keys defaults, presets, jobs")
     lines = {k.value: k.start_mark.line + 1 for k, _ in root.value}
     for key in data:
-        if key not in ("defaults", "presets", "jobs"):
-            close = close_matches(key, ["defaults", "presets", "jobs"])
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise JobError(f"{source}:{lines.get(key, 1)}: unknown key {key!r}; {hint}valid: defaults, presets, jobs")
+        if key not in JOB_FILE_KEYS:
+            unknown = Problem(key, "unknown", hint=tuple(close_matches(key, JOB_FILE_KEYS)))
+            raise JobError(f"{source}:{lines.get(key, 1)}: {say(unknown, JOB_FILE, JOB_FILE_KEYS)}", key)
     presets = data.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, str) for v in presets.values()):
         raise JobError(f"{source}:{lines.get('presets', 1)}: presets must map names to chains like 'contrast:1.1'")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from ..atomic import atomic_write
+from ..data.images import to_tensor
 
 MANIFEST = "manifest.jsonl"
 CONTACT_DIR = "contact-sheets"  # OUT/contact-sheets/<index>-<slug>.png, never among the samples
@@ -147,7 +148,7 @@ def write_contact_sheet(out_dir: Path, folder: str, files: list[Path], nrow: int
     imgs = []
     for f in files:
         with Image.open(f) as im:
-            imgs.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
+            imgs.append(to_tensor(im.convert("RGB")))
     if not imgs:
         return None
     h = max(i.shape[1] for i in imgs)

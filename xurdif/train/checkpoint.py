@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import current_umask, fsync_path
 from ..killpoint import kill_point
+from .state import RunState
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^step-(\d{7,})$")
@@ -156,7 +157,7 @@ def load_checkpoint(path: Path, verified: bool = False) -> dict:
 
 def stored_recipe(path: Path) -> str | None:
     """The resolved recipe YAML a checkpoint was written with (None for older checkpoints)."""
-    return json.loads((Path(path) / "state.json").read_text()).get("recipe")
+    return RunState.from_dict(json.loads((Path(path) / "state.json").read_text())).recipe
 
 
 def prune(run_dir: Path, keep_last: int, keep_every: int) -> list[Path]:

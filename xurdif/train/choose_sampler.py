@@ -6,8 +6,6 @@ import logging
 
 from tqdm import tqdm
 
-from .monitor import KidMonitor
-
 log = logging.getLogger(__name__)
 
 
@@ -16,13 +14,13 @@ def choose_default_sampler(trainer) -> None:
     from ..sampling.choose import choose_for_file
 
     r = trainer.r
-    trainer.kid = trainer.kid or KidMonitor(r, trainer.data, trainer.acc.device, trainer.heldout)
-    reference, name = trainer.kid.reference()
+    kid = trainer.best.monitor()  # the evaluations' own: its reference features are measured once
+    reference, name = kid.reference()
     run = trainer.out.run_dir
     for path in (run / "model.safetensors", run / "model-best.safetensors"):
         if not path.is_file():
             continue
-        best, rows = choose_for_file(path, reference, trainer.kid.extractor, r.sampling.steps, r.sampling.samples,
+        best, rows = choose_for_file(path, reference, kid.extractor, r.sampling.steps, r.sampling.samples,
                                      seed=r.train.seed, device=trainer.acc.device, reference_name=name,
                                      fit=r.sampling.fit)
         table = "; ".join(f"{x['sampler']}/{x['spacing']} {x['kid_x1e3']:.2f}" for x in rows)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import yaml
@@ -16,16 +18,22 @@ from .rundir import foreign_entries, prepare_run_dir
 
 log = logging.getLogger("xurdif.train")
 
-# Settings a resumed run may change: they alter neither the weights so far nor the
-# meaning of the saved optimizer state and data position.
-SAFE_TO_CHANGE = (
-    "name", "train.images", "train.steps", "train.batch_size", "train.grad_accum", "train.max_nonfinite",
-    "train.output_dir", "optim.lr", "optim.warmup_images", "optim.lr_schedule", "optim.min_lr_ratio",
-    "data.num_workers", "log.", "samples.", "checkpoint.", "train.time", "train.time_probe_steps",
-    "eval.memorised_max", "eval.stop_on_memorised", "ema.snapshot_every_images", "ema.snapshot_dtype",
-    # Speed switches: they change how the same computation runs, not what it means.
-    "train.compile", "train.channels_last", "train.activation_checkpointing", "train.tf32", "train.deterministic",
-)
+
+def safe_to_change(cls: type = Recipe, prefix: str = "", whole: bool = False) -> tuple[str, ...]:
+    """The dotted keys a resumed run may change: fields the schema marks `safe`, and every key
+    of a section marked so (xurdif/recipe/schema.py)."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        safe = whole or f.metadata.get("safe", False)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += safe_to_change(hints[f.name], f"{prefix}{f.name}.", safe)
+        elif safe:
+            keys.append(prefix + f.name)
+    return tuple(keys)
+
+
+SAFE_TO_CHANGE = safe_to_change()
 
 
 # A run stopped by SIGTERM / SIGINT / SIGUSR1 (checkpoint saved) exits with this, so a
@@ -70,8 +78,7 @@ def recipe_changes(old: Recipe, new: Recipe) -> tuple[list[str], list[str]]:
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
-            ok = any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_TO_CHANGE)
-            (safe if ok else unsafe).append(line)
+            (safe if key in SAFE_TO_CHANGE else unsafe).append(line)
     return safe, unsafe
 
 
@@ -193,7 +200,9 @@ def hold_run_folder(recipe: Recipe, acc, held: contextlib.ExitStack) -> str | No
 def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     from ..data import DataError
     from ..weights import ModelFileError
-    from .loop import NonFiniteError, Trainer, make_accelerator
+    from .dist import make_accelerator
+    from .loop import Trainer
+    from .nonfinite import NonFiniteError
     from .outputs import RunOutputs
     from .signals import StopRequest, stop_with_launcher
 
@@ -219,12 +228,12 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         acc.wait_for_everyone()
         if start is not None:
             trainer.load(start, verified=resume == "auto")  # latest_checkpoint already hashed it
-            log.info("resumed from %s at step %d (%d images seen)", start, trainer.clock.step,
-                     trainer.clock.images_seen)
+            log.info("resumed from %s at step %d (%d images seen)", start, trainer.state.step,
+                     trainer.state.images_seen)
         elif acc.is_main_process:
             log.info("%s: %s", recipe.name, trainer.data.describe())
-        result = trainer.run(stop)
-        if recipe.sampling.choose and not trainer.interrupted:
+        end = trainer.run(stop)
+        if recipe.sampling.choose and end.reason != "stopped":
             if acc.is_main_process:
                 from .choose_sampler import choose_default_sampler
 
@@ -232,9 +241,9 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
             acc.wait_for_everyone()
         if acc.is_main_process:
             # Last, after the progress bar: what the operator reads when the command returns.
-            print(f"stopped at step {trainer.clock.step}: checkpoint saved in {result}" if trainer.stopped
-                  else f"done: {result}")
-        return EXIT_STOPPED if trainer.interrupted else 0
+            print(f"done: {end.path}" if end.reason == "done"
+                  else f"stopped at step {trainer.state.step}: checkpoint saved in {end.path}")
+        return EXIT_STOPPED if end.reason == "stopped" else 0
     except ModelFileError as e:  # model.init_from: one line, exit 2 like every tool given a bad model file
         print(f"error: model.init_from: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ therefore change only where the work runs: any data.num_workers gives the same
 batches in the same order, and a resumed run starts the loader at its own position.
 Images travel as uint8 (a quarter of float32's bytes), pinned when the device is a GPU;
 the trainer converts them to float on the device and draws the noise there.
+A streaming source (shards) has no index: its images come in stream order. `open_source`
+is the one place that tells the two kinds apart, for training and for the monitor.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.augment import to_model_range
 from . import draws
 
 
@@ -65,3 +68,70 @@ def open_feed(data, layout: Layout, first: int, num_workers: int, pin: bool):
                         num_workers=num_workers, pin_memory=pin, prefetch_factor=4 if num_workers else None,
                         persistent_workers=False, generator=torch.Generator().manual_seed(0))
     return iter(loader)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host to device without waiting: a copy from pinned memory returns at once."""
+    if x.device.type == device.type:  # compare types: accelerate's "cuda" vs a tensor's "cuda:0"
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
+
+
+class Indexed:
+    """folder, hf: workers (data.num_workers) decode, crop and draw ahead, uint8 images in
+    pinned memory; any start position is one index away."""
+
+    def __init__(self, data, layout: Layout | None, workers: int, device: torch.device):
+        self.data, self.layout, self.workers, self.device = data, layout, workers, device
+        self.feed = None
+
+    def take(self, images_seen: int, k: int, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images in [-1, 1] on the device, timesteps, levels) of micro-batch k at `start`."""
+        item = next(self.feed) if self.feed is not None else None
+        if item is None or item["start"] != start:  # first use, or out of order: start the loader here
+            self.feed = open_feed(self.data, self.layout, self.layout.index_at(images_seen, k), self.workers,
+                                  self.device.type == "cuda")
+            item = next(self.feed)
+        return to_model_range(to_device(item["x"], self.device)), item["t"], item["level"]
+
+    def first(self, n: int, seed: int) -> torch.Tensor:
+        """The first n images in index order, in [-1, 1], cropped and flipped as seed 0 draws it:
+        the same images in every run."""
+        idx = list(range(min(n, len(self.data))))
+        return self.data.get(idx, [0] * len(idx))
+
+
+class Streamed:
+    """shards: images in stream order; a resumed run skips what this rank has trained on."""
+
+    def __init__(self, data, layout: Layout | None, workers: int, device: torch.device):
+        self.data, self.layout = data, layout
+        self.stream = None
+
+    def take(self, images_seen: int, k: int, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images in [-1, 1] on the host, timesteps, levels) of micro-batch k at `start`."""
+        lay = self.layout
+        if self.stream is None:
+            self.stream = iter(self.data.stream(lay.micro, lay.seed, skip_images=images_seen // lay.world))
+        x = next(self.stream)
+        t, level = draws.timesteps_and_levels(lay.seed, range(start, start + lay.micro), lay.T)
+        return x, t, level
+
+    def first(self, n: int, seed: int) -> torch.Tensor:
+        """The stream's first n images (seed: its shuffle), in [-1, 1]."""
+        batches, have = [], 0
+        for b in self.data.stream(64, seed):
+            batches.append(b)
+            have += b.shape[0]
+            if have >= n:
+                break
+        return torch.cat(batches)[:n]
+
+
+def open_source(data, layout: Layout | None = None, workers: int = 0,
+                device: torch.device = torch.device("cpu")) -> Indexed | Streamed:
+    """The training images of `data` by stream position (layout: where this rank reads), or
+    its first images (no layout needed)."""
+    return (Indexed if data.indexable else Streamed)(data, layout, workers, device)

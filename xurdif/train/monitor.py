@@ -1,10 +1,13 @@
 """In-training evaluation of EMA samples: KID against held-out images (or, with none
 set aside, the training images) and the share of samples that copy a training image
 (shift-, flip- and colour-tolerant: xurdif.evaluate.memorisation). Runs on the main
-process only; its cost is bounded by eval.kid_samples and measured (`seconds`)."""
+process only; its cost is bounded by eval.kid_samples and measured (`seconds`).
+`BestModel` turns the scores into model-best.safetensors and the memorisation warning."""
 from __future__ import annotations
 
+import logging
 import time
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -12,6 +15,17 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..recipe import Recipe
 from ..seeds import derive_seed
+from .dist import any_rank
+from .feed import open_source
+from .state import RunState
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .model import Model
+    from .outputs import RunOutputs
+
+log = logging.getLogger("xurdif.train")
 
 # eval.time_share's first measurement: after the LR warm-up and this much training,
 # so the first score is of a model that has begun to learn.
@@ -35,18 +49,7 @@ class KidMonitor:
         self.picture = None  # uint8 [3, H, W]: the last samples most like a training image, beside it
 
     def _train_images(self) -> torch.Tensor:
-        n = self.r.eval.real_images
-        if self.data.indexable:
-            idx = list(range(min(n, len(self.data))))
-            x = self.data.get(idx, [0] * len(idx))
-        else:
-            batches, have = [], 0
-            for b in self.data.stream(64, self.r.train.seed):
-                batches.append(b)
-                have += b.shape[0]
-                if have >= n:
-                    break
-            x = torch.cat(batches)[:n]
+        x = open_source(self.data).first(self.r.eval.real_images, self.r.train.seed)
         return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def _setup(self) -> None:
@@ -95,3 +98,96 @@ class KidMonitor:
         self.picture = memorisation_picture(fake, rows, memo, count=6)
         self.seconds = time.perf_counter() - started
         return scores
+
+
+class BestModel:
+    """When to evaluate, and what a score means: model-best.safetensors keeps the lowest KID
+    among evaluations whose memorised share is under eval.memorised_max; over it, a warning
+    (once). Its verdicts live in the run's state, so none repeats after a resume. The main
+    process evaluates, and its clock decides for every rank."""
+
+    def __init__(self, recipe: Recipe, state: RunState, out: RunOutputs, acc: Accelerator, *, born: float,
+                 first_after: float, monitor: Callable[[], KidMonitor], export: Callable[[int, dict], None],
+                 clock: Callable[[], float]):
+        self.cfg, self.warmup = recipe.eval, recipe.optim.warmup_images
+        self.state, self.out, self.acc, self.export, self.clock = state, out, acc, export, clock
+        self.born, self.first_after = born, first_after
+        self.make_monitor, self.kid = monitor, None
+        self.seconds = 0.0  # this session's evaluations, their one-off set-up included
+        self.ended: float | None = None  # when the last evaluation ended
+        self.cost = 0.0  # what the last measurement took, without the set-up
+
+    def monitor(self) -> KidMonitor:
+        """Built on first use (main process only): its set-up reads the reference images."""
+        self.kid = self.kid or self.make_monitor()
+        return self.kid
+
+    def due(self, log_step: bool) -> bool:
+        """Every eval.kid_every_steps steps, and with eval.time_share at each log step where one
+        more evaluation (costed at what the last took) keeps all of this session's evaluations
+        within the share of its time."""
+        e = self.cfg
+        if self.state.every(e.kid_every_steps):
+            return True
+        if not (e.time_share and log_step):
+            return False
+        return any_rank(self.acc, self.acc.is_main_process and self._share_allows(self.clock()))
+
+    def _share_allows(self, now: float) -> bool:
+        if self.ended is None:  # the first: once the LR warm-up is over and a minute trained
+            return self.state.images_seen >= self.warmup and now - self.born >= self.first_after
+        return self.seconds + self.cost <= self.cfg.time_share * (now - self.born)
+
+    def evaluate(self, model: Model) -> bool:
+        """Every rank: the main process measures, logs and judges; True on every rank when
+        memorisation over eval.memorised_max ends the run (eval.stop_on_memorised)."""
+        memorising = False
+        if self.acc.is_main_process:
+            started = self.clock()
+            monitor = self.monitor()
+            scores = monitor(model.ema, model.schedule, model.meta)
+            memorising = self.record(scores, started, self.clock(), monitor)
+        self.acc.wait_for_everyone()
+        return self.cfg.stop_on_memorised and any_rank(self.acc, memorising)
+
+    def record(self, scores: dict[str, float], started: float, ended: float, monitor: KidMonitor) -> bool:
+        """Log an evaluation and judge it; True when memorisation is over eval.memorised_max."""
+        step = self.state.step
+        self.seconds += ended - started
+        self.ended, self.cost = ended, monitor.seconds
+        # What evaluating costs, in the log beside the scores (not in model-best's metadata).
+        share = self.seconds / max(1e-9, ended - self.born)
+        self.out.log_eval({**scores, "seconds": monitor.seconds, "time_share": share}, step)
+        self.out.write_closest(monitor.picture, "last")
+        return self.judge(scores, step, monitor.picture)
+
+    def judge(self, scores: dict[str, float], step: int, picture: torch.Tensor | None) -> bool:
+        """Keep model-best.safetensors; True when memorisation is over eval.memorised_max."""
+        e, s = self.cfg, self.state
+        memo = scores["memorised"]
+        if memo > 0 and s.first_copy_step is None:
+            s.first_copy_step = step
+            msg = (f"step {step}: first sample that copies a training image ({memo:.1%} of "
+                   f"{e.kid_samples} samples; eval.memorised_max is {e.memorised_max:.1%})")
+            log.info(msg)
+            self.out.log_text("eval/first_copy", msg, step)
+        if memo > e.memorised_max:
+            if not s.memorised_warned:
+                s.memorised_warned = True
+                self._warn(memo, step)
+            return True
+        if memo < e.memorised_max and (s.best_kid is None or scores["kid"] < s.best_kid):
+            s.best_kid = scores["kid"]
+            self.export(step, scores)
+            if picture is not None:
+                self.out.write_closest(picture, "best")
+        return False
+
+    def _warn(self, memo: float, step: int) -> None:
+        e = self.cfg
+        msg = (f"step {step}: {memo:.1%} of samples copy a training image, over eval.memorised_max "
+               f"{e.memorised_max:.1%}; the model is starting to memorise. model-best.safetensors keeps "
+               "the best model below it" + ("; stopping (eval.stop_on_memorised)" if e.stop_on_memorised else ""))
+        log.warning(msg)
+        self.out.log_text("eval/warning", msg, step)
+        self.out.log_eval({"memorised_over_max": 1.0}, step)

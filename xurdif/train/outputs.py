@@ -13,6 +13,7 @@ from torchvision.utils import make_grid, save_image
 
 from ..atomic import atomic_write
 from ..diffusion.denoiser import Denoiser
+from ..diffusion.losses import TERMS, TOTAL
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
@@ -23,12 +24,12 @@ from ..sampling.defaults import resolve
 from ..weights import ModelMeta, read_meta, save_model_file
 
 log = logging.getLogger("xurdif.train")
-TRAIN_TAGS = ("lr", "grad_norm", "ema_decay", "images_per_sec", "nonfinite_skips", "time_left_s")
 
 
 def scalar_tag(name: str) -> str:
-    """The TensorBoard tag of a logged training value (the report uses the same)."""
-    return f"train/{name}" if name in TRAIN_TAGS else f"loss/{name}"
+    """The TensorBoard tag of a logged training value (the report uses the same): the loss
+    terms, named where they are computed, under loss/; every other statistic under train/."""
+    return f"loss/{name}" if name in (*TERMS, TOTAL) else f"train/{name}"
 
 
 class RunOutputs:

@@ -68,6 +68,17 @@ class PosthocEmas:
                 raise ValueError(f"checkpoint holds no post-hoc EMA of std {s} (ema.posthoc_stds changed?)")
             e.load_state_dict(mine)
 
+    def resume(self, tensors: dict[str, torch.Tensor] | None, where: Path, run_dir: Path, images_seen: int,
+               is_main: bool) -> None:
+        """Go on from a checkpoint's EMAs; the main process deletes the snapshots past it."""
+        if tensors is None:
+            raise ValueError(f"{where}: checkpoint has no post-hoc EMAs; ema.posthoc_stds can only be set "
+                             "when a run starts")
+        self.load_state_dict(tensors)
+        if is_main:
+            for p in drop_snapshots_after(run_dir, images_seen):
+                log.info("removed %s: past the checkpoint resumed from", p)
+
     def write_snapshot(self, run_dir: Path, step: int, images_seen: int, dtype: str = "fp32") -> Path:
         """Atomic: a snapshot file is either complete or absent."""
         to = torch.float16 if dtype == "fp16" else torch.float32

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from xurdif.data import open_dataset
-from xurdif.data.augment import to_model_range
+from xurdif.ranges import from_uint8
 from xurdif.recipe import DataCfg
 from xurdif.seeds import derive_seed
 from xurdif.train import draws
@@ -35,7 +35,7 @@ def test_workers_give_the_same_batches_as_the_draws():
     x = data.get(draws.data_indices(3, pos, len(data)), draws.augment_seeds(3, pos))
     t, level = draws.timesteps_and_levels(3, pos, 1000)
     assert main[2]["x"].dtype == torch.uint8
-    assert torch.equal(to_model_range(main[2]["x"]), x)
+    assert torch.equal(from_uint8(main[2]["x"]), x)
     assert "eps" not in main[2] and torch.equal(main[2]["t"], t) and torch.equal(main[2]["level"], level)
 
 

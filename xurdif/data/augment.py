@@ -26,11 +26,6 @@ def crop_flip(img: torch.Tensor, size: int, crop: str, hflip: bool, seed: int) -
     return out
 
 
-def to_model_range(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, S, S] -> float32 in [-1, 1]."""
-    return batch.to(torch.float32).div_(127.5).sub_(1.0)
-
-
 def crop_flip_batch(images: Sequence[torch.Tensor], seeds: Sequence[int], size: int, crop: str,
                     hflip: bool) -> torch.Tensor:
     """uint8 [N, 3, size, size]: crop_flip of each image with its own seed."""

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from xurdif.data.augment import crop_flip_batch, to_model_range
+from xurdif.data.augment import crop_flip_batch
+from xurdif.ranges import from_uint8
 from xurdif.data.images import BadImage, DataError, ImageSource, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
 from xurdif.shown import clean
@@ -127,10 +128,10 @@ class IndexedImages:
 
     def get(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
         """float32 [N, 3, S, S] in [-1, 1]; sample i augmented by a generator seeded with seeds[i] alone."""
-        return to_model_range(self.get_uint8(indices, seeds))
+        return from_uint8(self.get_uint8(indices, seeds))
 
     def get_uint8(self, indices: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
-        """get() before the float conversion: uint8 [N, 3, S, S] (to_model_range maps it)."""
+        """get() before the float conversion: uint8 [N, 3, S, S] (xurdif.ranges.from_uint8 maps it to [-1, 1])."""
         c = self.cfg
         return crop_flip_batch([self.image(int(i)) for i in indices], seeds, c.size, c.crop, c.hflip)
 

@@ -27,7 +27,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from xurdif.data.augment import crop_flip, to_model_range
+from xurdif.data.augment import crop_flip
+from xurdif.ranges import from_uint8
 from xurdif.data.images import BadImage, DataError, check_header, decode_image, parse_colour
 from xurdif.recipe import DataCfg
 from xurdif.seeds import derive_seed
@@ -192,10 +193,10 @@ class ShardStream:
         for img in self._images(seed, gid, total, skip, epochs):
             batch.append(img)
             if len(batch) == batch_size:
-                yield to_model_range(torch.stack(batch)), self._take_found()
+                yield from_uint8(torch.stack(batch)), self._take_found()
                 batch = []
         if batch or self._pending:
-            yield (to_model_range(torch.stack(batch)) if batch else None), self._take_found()
+            yield (from_uint8(torch.stack(batch)) if batch else None), self._take_found()
 
     def _deliver(self, items: Iterator[tuple[Optional[torch.Tensor], list]]) -> Iterator[torch.Tensor]:
         for batch, found in items:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ranges import from_unit, to_unit
 from . import prediction as P
 from .schedule import Schedule
 
@@ -31,11 +32,9 @@ class Denoiser:
         return x0.clamp(*self.value_range) if self.clip else x0
 
     # Images are [0, 1] everywhere outside the model; the model sees its own range
-    # (ours [-1, 1], urdiffusion/xurdif [-0.5, 0.5]).
+    # (xurdif/ranges.py).
     def to_model(self, img: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.value_range
-        return img * (hi - lo) + lo
+        return from_unit(img, self.value_range)
 
     def to_image(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.value_range
-        return ((x - lo) / (hi - lo)).clamp(0, 1)
+        return to_unit(x, self.value_range).clamp(0, 1)

@@ -11,6 +11,7 @@ import kornia
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
+from ..ranges import to_unit
 from ..recipe import LossCfg
 
 TERMS = ("l2", "l1", "edge_l1", "ssim", "ms_ssim")
@@ -47,9 +48,7 @@ def loss_terms(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total, {term: batch mean before the recipe's weight; l2 and l1 min-SNR-weighted
     when min_snr_gamma is set}). All inputs [N, C, H, W]; ab [N]."""
-    lo, hi = value_range
-    pred01 = (x0_pred - lo) / (hi - lo)
-    real01 = (x0 - lo) / (hi - lo)
+    pred01, real01 = to_unit(x0_pred, value_range), to_unit(x0, value_range)
     a, b, space = (out, target, prediction) if cfg.space == "target" else (x0_pred, x0, "x0")
     per_sample = torch.ones_like(ab)
     if cfg.min_snr_gamma is not None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import BadImage, read_picture, to_tensor
+from ..ranges import to_unit
 from .config import GuidanceError
 
 
@@ -35,6 +36,5 @@ def to_image_st(x0: torch.Tensor, value_range: tuple[float, float]) -> torch.Ten
     exactly on the pixels where the model overshoots its range, i.e. where the
     guide most needs to act; a straight-through clamp keeps the gradient.
     """
-    lo, hi = value_range
-    raw = (x0 - lo) / (hi - lo)
+    raw = to_unit(x0, value_range)
     return raw + (raw.clamp(0, 1) - raw).detach()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.augment import to_model_range
+from ..ranges import from_uint8
 from . import draws
 
 
@@ -94,7 +94,7 @@ class Indexed:
             self.feed = open_feed(self.data, self.layout, self.layout.index_at(images_seen, k), self.workers,
                                   self.device.type == "cuda")
             item = next(self.feed)
-        return to_model_range(to_device(item["x"], self.device)), item["t"], item["level"]
+        return from_uint8(to_device(item["x"], self.device)), item["t"], item["level"]
 
     def first(self, n: int, seed: int) -> torch.Tensor:
         """The first n images in index order, in [-1, 1], cropped and flipped as seed 0 draws it:

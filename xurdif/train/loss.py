@@ -11,6 +11,7 @@ import torch
 from ..diffusion import prediction as P
 from ..diffusion.losses import loss_terms
 from ..diffusion.schedule import Schedule
+from ..ranges import SIGNED, from_unit, to_unit
 from ..recipe import Recipe
 from ..weights import ModelMeta
 from .batch import Batch
@@ -41,8 +42,7 @@ class Loss:
 
     def clean(self, x: torch.Tensor) -> torch.Tensor:
         """Data in [-1, 1] in the model's value range (an imported model may use another)."""
-        lo, hi = self.value_range
-        return (x + 1) / 2 * (hi - lo) + lo
+        return from_unit(to_unit(x, SIGNED), self.value_range)
 
     def __call__(self, denoise: Denoise, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total, terms) of the network `denoise` on micro-batch b (xurdif.diffusion.losses.loss_terms)."""

@@ -13,6 +13,7 @@ import torch
 
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
+from ..ranges import to_uint8
 from ..recipe import Recipe
 from ..seeds import derive_seed
 from .dist import any_rank
@@ -50,7 +51,7 @@ class KidMonitor:
 
     def _train_images(self) -> torch.Tensor:
         x = open_source(self.data).first(self.r.eval.real_images, self.r.train.seed)
-        return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return to_uint8(x)
 
     def _setup(self) -> None:
         self.train = self._train_images()

@@ -224,9 +224,12 @@ def draw(den, meta, count: int, steps: int, device):
                           for b in torch.arange(count).split(64)])
 
 
-def sampled_checkpoints(run: Path, count: int, steps: int, device):
-    """(checkpoint name, its state.json, uint8 samples [N, 3, H, W]) of each kept checkpoint."""
+def sampled_checkpoints(run: Path, count: int, steps: int, device, skip: frozenset = frozenset()):
+    """(checkpoint name, its state.json, uint8 samples [N, 3, H, W]) of each kept checkpoint
+    not named in `skip`."""
     for ckpt in kept_checkpoints(run):
+        if ckpt.name in skip:
+            continue
         den, meta, state = load_ema(ckpt, device)
         fake = draw(den, meta, count, steps, device)
         yield ckpt.name, {k: v for k, v in state.items() if k != "recipe"}, (fake * 255).round().byte()
@@ -278,13 +281,17 @@ def score(args) -> None:
         runs = [(p.name.removesuffix(".pt.xz"), stored_samples(p)) for p in sorted(args.from_dir.glob("*.pt.xz"))
                 if not args.only or p.name.removesuffix(".pt.xz") in args.only.split(",")]
     else:
-        runs = [(r.name, sampled_checkpoints(r, args.samples, args.steps, device)) for r in study_runs(args)]
+        runs = [(r.name, sampled_checkpoints(r, args.samples, args.steps, device, frozenset(scored(args, r.name))))
+                for r in study_runs(args)]
     extractor = InceptionFeatures(device=device)
     cache: dict[int, tuple] = {}
     for name, checkpoints in runs:
         run = args.out / "runs" / name
-        rows = []
+        rows, count = list(scored(args, name).values()), args.samples
         for ckpt_name, state, fake in checkpoints:
+            if any(r["checkpoint"] == ckpt_name for r in rows):
+                continue
+            count = int(fake.shape[0])
             size = fake.shape[-1]
             if size not in cache:
                 train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
@@ -305,12 +312,25 @@ def score(args) -> None:
                        args.out / f"{name}-{ckpt_name}.png")
             save_image(memorisation_picture(fake, refs, memo, count=6).float() / 255,
                        args.out / f"{name}-{ckpt_name}-closest.png")
+        rows.sort(key=lambda r: r["images_seen"])
         best = best_step(run)
-        report = {"run": name, "samples": int(fake.shape[0]), "steps": args.steps, "rows": rows,
+        report = {"run": name, "samples": count, "steps": args.steps, "rows": rows,
                   "keep_best_step": best, "keep_best_offline": offline_best(rows),
                   "in_training": in_training(run)}
         (args.out / f"{name}-score.json").write_text(json.dumps(report, indent=1) + "\n")
         write_curves(args.out / f"{name}-curves.svg", name, rows, best)
+
+
+def scored(args, name: str) -> dict[str, dict]:
+    """Rows an earlier `score` wrote with the same samples and steps, by checkpoint: a rerun
+    (after the run kept more checkpoints) scores only the new ones."""
+    path = args.out / f"{name}-score.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if (old.get("samples"), old.get("steps")) != (args.samples, args.steps):
+        return {}
+    return {r["checkpoint"]: r for r in old["rows"]}
 
 
 def best_step(run: Path) -> int | None:

@@ -102,11 +102,13 @@ def measure_model(name: str, path: Path, args, reference, extractor, results: di
 
 
 def summary(name: str, done: dict) -> dict:
+    from xurdif.diffusion.samplers import default_eta
     from xurdif.sampling.choose import CANDIDATES
 
     rows = done["rows"]
     at = lambda n: [r for r in rows if r["evals"] == n]
-    names = {f"{s}/{sp}" + (f"/{e:g}" if e else "") for s, sp, e in CANDIDATES}
+    # Named as parse_solver reads them: an eta only where it is not the sampler's own.
+    names = {f"{s}/{sp}" + (f"/{e:g}" if e != default_eta(s) else "") for s, sp, e in CANDIDATES}
     best50 = min(at(50), key=lambda r: r["kid_x1e3"])
     chosen = min((r for r in at(10) if r["solver"] in names), key=lambda r: r["kid_x1e3"])
     best10 = min(at(10), key=lambda r: r["kid_x1e3"])

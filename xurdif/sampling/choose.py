@@ -21,16 +21,17 @@ from .defaults import Sampling
 
 # (sampler, spacing, eta): the ones worth trying at 5-20 evaluations. Measured at 10 on
 # the sprites (docs/benchmarks.md, "Samplers"): dpmpp_3m/logsnr won on an x0 model,
-# ddpm on an eps model (ancestral noise hides a weak model's errors), the dpmpp_2m
-# spacings came second on both; uniform spacing for the ODE solvers, dpmpp_3m with
-# karras and edm (Heun: 5 steps at 10 evaluations) never came close.
+# dpmpp_2m_sde on eps (karras) and v (uniform) models, below even ddpm at 50 (its noise
+# hides a weak model's errors); the dpmpp_2m spacings came second on x0. ddpm and ddim
+# (either spacing) never won once the SDE solver was in; dpmpp_3m with karras and edm
+# (Heun: 5 steps at 10 evaluations) never came close.
 CANDIDATES: tuple[tuple[str, str, float], ...] = (
     ("dpmpp_2m", "karras", 0.0),
     ("dpmpp_2m", "logsnr", 0.0),
     ("dpmpp_3m", "logsnr", 0.0),
-    ("ddim", "karras", 0.0),
-    ("ddpm", "uniform", 0.0),
     ("dpmpp_2m", "uniform", 0.0),  # on a v model, uniform beat karras and logsnr by 30-40 %
+    ("dpmpp_2m_sde", "karras", 1.0),
+    ("dpmpp_2m_sde", "uniform", 1.0),
 )
 
 

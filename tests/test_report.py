@@ -15,6 +15,8 @@ from xurdif.recipe import load_recipe
 from xurdif.report.cli import main as report_main
 from xurdif.report.data import folder_size
 from xurdif.report.svg import fmt
+from xurdif.report import training
+from xurdif.train import outputs as run_outputs
 from xurdif.train.cli import main as launch_main
 from xurdif.train.outputs import RunOutputs
 
@@ -87,13 +89,35 @@ def check_images_exist(page: Page, html: Path) -> None:
         assert (html.parent / unquote(src)).is_file(), src
 
 
+LIVE_PAGES: list[str] = []  # the report as the fixture run wrote it, each time
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "fixture"
-    rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=20", "samples.every_steps=10",
-                      "checkpoint.every_steps=10", "loss.l1=0.5"])
+    real = run_outputs.write_report
+
+    def keep(runs, path):
+        real(runs, path)
+        LIVE_PAGES.append(Path(path).read_text())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run_outputs, "write_report", keep)
+        rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=20", "samples.every_steps=10",
+                          "checkpoint.every_steps=10", "loss.l1=0.5"])
     assert rc == 0
     return out
+
+
+def test_report_reloads_itself_while_training_and_not_after(run):
+    reloads = ["<script id=reload>" in text for text in LIVE_PAGES]
+    assert len(reloads) > 3 and all(reloads[:-1]) and not reloads[-1]
+    assert "step 10 of 20 (50%)" in "".join(LIVE_PAGES[:-1])
+    final = (run / "report.html").read_text()
+    assert final == LIVE_PAGES[-1] and "Not training: this page is final." in final
+    assert '<p id=progress>step 20 of 20 (100%)</p>' in final
+    # Grids open full size on a click (each is a link to its file too).
+    assert '<a href="samples/step-0000020.png"><img class=zoom src="samples/step-0000020.png"' in final
 
 
 def test_trainer_keeps_report_current_and_equal_to_tensorboard(run):
@@ -149,6 +173,52 @@ def test_compare_overlays_curves_and_puts_grids_side_by_side(run, tmp_path):
     assert len(page.imgs) == 3 and all(src.startswith("..") for src in page.imgs)
     assert ["optim.lr", "0.002", "0.0005"] in page.rows
     assert set(json.loads(page.json)) == {"fixture", "other"}
+
+
+def test_live_report_shows_step_of_total_and_a_smoothed_time_left(tmp_path):
+    recipe = load_recipe(FIXTURE_RECIPE)
+    out = RunOutputs(recipe, tmp_path / "r", is_main=True)
+    training(tmp_path / "r", True)
+    try:
+        out.open()
+        # Seven log steps at 10 images/s, then one at 1 (the machine busy for a moment): the time
+        # left is the last one's at the mean speed of the last eight log steps, not at 1 image/s.
+        for k in range(1, 9):
+            ips = 10.0 if k < 8 else 1.0
+            out.log_scalars({"total": 0.5, "images_per_sec": ips, "time_left_s": 1100.0, "steps_total": 160}, k * 10)
+        live = (tmp_path / "r" / "report.html").read_text()
+    finally:
+        training(tmp_path / "r", False)
+    assert "<script id=reload>" in live and "<p id=progress>step 80 of 160 (50%)</p>" in live
+    summary = next(r for r in Page(live).rows if r and r[0] == "r")
+    # 1100 s at 1 image/s; the harmonic mean of seven 10s and a 1 is 4.71 images/s: 234 s.
+    assert summary[1] == "step 80 of 160 (50%)" and summary[3] == "0:03:54"
+    out.log_scalars({"total": 0.5, "images_per_sec": 1.0, "time_left_s": 1000.0, "steps_total": 160}, 90)
+    text = (tmp_path / "r" / "report.html").read_text()
+    summary = next(r for r in Page(text).rows if r and r[0] == "r")
+    # Six 10s and two 1s: 3.08 images/s, 325 s.
+    assert summary[1] == "step 90 of 160 (56%)" and summary[3] == "0:05:25"
+    assert "<script id=reload>" not in text  # not training any more
+    out.close()
+
+
+def test_xurdif_report_of_a_run_another_process_trains_reloads(run, tmp_path):
+    import subprocess
+    import sys
+
+    copy = tmp_path / "fixture"
+    shutil.copytree(run, copy)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from xurdif.lock import folder_lock\n"
+                               f"with folder_lock({str(copy)!r}, 'training run'):\n print('held', flush=True); "
+                               "sys.stdin.read()"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert report_main([str(copy)]) == 0
+        assert "<script id=reload>" in (copy / "report.html").read_text()
+    finally:
+        holder.communicate("")
+    assert report_main([str(copy)]) == 0
+    assert "<script id=reload>" not in (copy / "report.html").read_text()
 
 
 def test_in_training_kid_and_memorisation_are_plotted(tmp_path):

@@ -195,11 +195,10 @@ def test_studio_renders_with_the_model_default_when_left_on_auto(tmp_path):
     write_sampling(path, OWN)
     form = dict(prompt="a", n=1, seed="5", sampler="auto", spacing="auto", steps=0, size="", init=None,
                 strength=0.6, eta=None, noise_mult=1.0, post="")
-    images, message = render_once(str(path), tmp_path / "out", "cpu", form, {}, progress=False)
-    assert message.startswith("Saved 1 image(s)")
+    images, message, records = render_once(str(path), tmp_path / "out", "cpu", form, {}, progress=False)
+    assert message.startswith("Saved 1 image(s)") and records[0][1]["params"]["sampler"] == "dpmpp_2m"
     p = manifest(tmp_path / "out")["0000-a/5.png"]["params"]
     assert (p["sampler"], p["steps"], p["spacing"], p["eta"]) == ("dpmpp_2m", 4, "karras", 0.0)
-    images, _ = render_once(str(path), tmp_path / "out", "cpu", {**form, "steps": 3, "sampler": "ddim"}, {},
-                            progress=False)
+    render_once(str(path), tmp_path / "out", "cpu", {**form, "steps": 3, "sampler": "ddim"}, {}, progress=False)
     p = manifest(tmp_path / "out")["0001-a/5.png"]["params"]
     assert (p["sampler"], p["steps"], p["spacing"]) == ("ddim", 3, "uniform")

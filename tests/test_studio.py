@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -75,7 +76,8 @@ def form(model: str, **kw) -> list:
     """The Render button's inputs, in order, with defaults."""
     v = dict(model=model, prompt="a fox", n=1, seed="7", sampler="ddim", spacing="auto", steps=3, size="", init=None,
              strength=0.6, noise_mult=1.0, eta=0.0, g_text="", g_model="ViT-B-32", g_weights="", g_image=None,
-             g_target=None, g_style=None, g_style_w=1.0, g_scale=0.02, post="contrast:1.1")
+             g_target=None, g_style=None, g_style_w=1.0, g_scale=0.02, post="contrast:1.1", tile="auto", overlap="",
+             wrap=False)
     v.update(kw)
     return list(v.values())
 
@@ -85,10 +87,10 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
 
     client = Client(studio["url"], verbose=False, download_files=str(tmp_path / "dl"))
     model = str(studio["models"] / "eps-run" / "model.safetensors")
-    gallery, message = client.predict(*form(model), api_name="/render")
+    gallery, message, history = client.predict(*form(model), api_name="/render")
     assert len(gallery) == 1 and gallery[0]["caption"] == "seed 7"
     saved = studio["out"] / "0000-a-fox" / "7.png"
-    assert message.startswith(f"Saved 1 image(s) to {saved.parent}")
+    assert message.startswith(f"Saved 1 image(s) to {saved.parent} (not tiled; gallery: ")
     shown = pixels(gallery[0]["image"])
     assert np.array_equal(shown, pixels(saved)) and shown.shape == (16, 16, 3)
     # The PNG carries the same record as the manifest, as tools/sample.py writes it.
@@ -96,6 +98,7 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
     assert rec["prompt"] == "a fox" and rec["seed"] == 7 and rec["file"] == "0000-a-fox/7.png"
     assert rec["params"]["steps"] == 3 and rec["params"]["sampler"] == "ddim"
     assert rec["params"]["post"] == "contrast:1.1" and rec["params"]["model"] == model
+    assert rec["params"]["tile"] == "auto" and rec["params"]["overlap"] is None and rec["params"]["wrap"] is False
     manifest = [json.loads(x) for x in (studio["out"] / "manifest.jsonl").read_text().splitlines()]
     assert rec in manifest and (studio["out"] / "index.html").is_file()
     # One code path: the command line renders the same pixels.
@@ -103,18 +106,19 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
                         "--post", "contrast:1.1", "-o", str(tmp_path / "cli"), "--no-progress"]) == 0
     assert np.array_equal(pixels(tmp_path / "cli" / "0000-a-fox" / "7.png"), shown)
 
-    # Bad input: one message, no image.
-    gallery, message = client.predict(*form(str(studio["models"] / "gone.safetensors")), api_name="/render")
+    # Bad input: one message, no image; the history keeps the earlier render below it.
+    gallery, message, history = client.predict(*form(str(studio["models"] / "gone.safetensors")), api_name="/render")
+    assert history.count("<section") >= 2 and history.index("model file not found") < history.index("7.png")
     assert gallery == [] and message == (f"Error: {studio['models'] / 'gone.safetensors'}: model file not found "
                                          "(give a run folder or a .safetensors file)")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     from gradio_client import handle_file
 
-    gallery, message = client.predict(*form(model, init=handle_file(str(tmp_path / "broken.png"))),
-                                      api_name="/render")
+    gallery, message, _ = client.predict(*form(model, init=handle_file(str(tmp_path / "broken.png"))),
+                                         api_name="/render")
     assert gallery == [] and message.startswith("Error: cannot read init image ") and "broken.png" in message
     # The job's origin ("studio: ") is left out: the page is the context.
-    gallery, message = client.predict(*form(model, size="abc"), api_name="/render")
+    gallery, message, _ = client.predict(*form(model, size="abc"), api_name="/render")
     assert gallery == [] and message == "Error: size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got 'abc'"
 
 
@@ -126,14 +130,30 @@ def launch_chromium(p):
                                                 args=CHROMIUM_FLAGS, headless=True)
 
 
-def test_browser_picks_a_model_renders_and_shows_errors(studio):
+def history_entries(page) -> list[str]:
+    return page.locator("#studio-history section").all_inner_texts()
+
+
+def wait_for_entries(page, n: int) -> None:
+    """Until the history shows n renders (the server keeps every render since it started)."""
+    page.wait_for_function(f"document.querySelectorAll('#studio-history section').length == {n}", timeout=120_000)
+
+
+def test_browser_picks_a_model_renders_keeps_history_and_copies_commands(studio, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     with sync_api.sync_playwright() as p:
         browser = launch_chromium(p)
         try:
+            browser.grant_permissions(["clipboard-read", "clipboard-write"], origin=studio["url"].rstrip("/"))
             page = browser.new_page()
             page.goto(studio["url"])
             page.wait_for_selector("#studio-render", timeout=60_000)
+            assert "native size 16x16" in page.inner_text("#studio-model-info")
+            # The presets and ranges come from xurdif/postprocess.py.
+            assert "crisp = contrast:1.1,unsharp:0.6" in page.content() and "median 3..15" in page.content()
+            # The renders of the other test: the history is the studio's, since it started.
+            before = int(page.wait_for_selector("#studio-history [data-count]").get_attribute("data-count"))
+            assert len(history_entries(page)) == before
             page.click("#studio-model input")
             options = page.locator("[role=option]")
             labels = [t.strip() for t in options.all_inner_texts()]
@@ -149,13 +169,49 @@ def test_browser_picks_a_model_renders_and_shows_errors(studio):
             rec = read_record(saved)
             assert rec["params"]["model"] == str(studio["models"] / "x0-run" / "model.safetensors")
             assert "Saved 1 image(s)" in page.inner_text("#studio-message")
+            # Shown whole and nearest-neighbour scaled.
+            style = page.eval_on_selector("#studio-history img", "e => [getComputedStyle(e).imageRendering, "
+                                                                 "getComputedStyle(e).objectFit]")
+            assert style == ["pixelated", "contain"]
 
             page.locator("#studio-size textarea").fill("abc")
             page.click("#studio-render")
-            page.wait_for_function("document.querySelector('#studio-message').innerText.includes('Error')",
-                                   timeout=60_000)
+            wait_for_entries(page, before + 2)
             assert page.inner_text("#studio-message").strip() == (
                 "Error: size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got 'abc'")
             assert "Traceback" not in page.content()
+
+            # Tiled and wrapped from the page; both earlier renders stay in the history, newest first.
+            page.locator("#studio-size textarea").fill("32x16")
+            page.locator("#studio-tile textarea").fill("16")
+            page.locator("#studio-overlap textarea").fill("4")
+            page.check("#studio-wrap input")
+            page.click("#studio-render")
+            wait_for_entries(page, before + 3)
+            entries = history_entries(page)
+            assert "tiled: 16x16 tiles, overlap 4 px, wrapped (seamless)" in entries[0]
+            assert "size must be" in entries[1] and "seed 11" in entries[2]
+            assert page.locator("#studio-history section").nth(2).locator("img").count() == 1
+            assert len(entries) == before + 3
+            tiled = sorted(studio["out"].glob("*-a-browser-test/11.png"))[-1]
+            assert read_record(tiled)["params"]["tiles"] == {"tile": [16, 16], "overlap": 4, "wrap": True}
+            assert pixels(tiled).shape == (16, 32, 3)
+
+            # The copy button copies the command shown, which renders the same pixels from any folder.
+            page.locator("#studio-history section").first.locator(".cmd button").click()
+            copied = page.evaluate("navigator.clipboard.readText()")
+            assert copied == page.locator("#studio-history section").first.locator(".cmd pre").inner_text()
+            assert "\n" not in copied and "--wrap" in copied and "--tile 16" in copied
+
+            # The gallery of the output folder opens from the page.
+            link = page.get_attribute("#studio-header a", "href")
+            gallery = page.request.get(studio["url"].rstrip("/") + link)
+            assert gallery.ok and "text/html" in gallery.headers["content-type"] and "a browser test" in gallery.text()
         finally:
             browser.close()
+    cmd = shlex.split(copied)
+    assert cmd[0] == "xurdif-sample" and cmd[-2:] == ["-o", "rerender"]
+    monkeypatch.chdir(tmp_path)
+    assert sample_main(cmd[1:] + ["--no-progress"]) == 0
+    again = next((tmp_path / "rerender").glob("*/11.png"))
+    assert np.array_equal(pixels(again), pixels(tiled))

@@ -1,5 +1,6 @@
 """End-to-end training on the 32-image fixture through the real entry points."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def trained(tmp_path_factory):
     rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=60", "samples.every_steps=30",
                       "checkpoint.every_steps=30", "loss.l1=0.5", "loss.edge_l1=0.5", "loss.ssim=0.2",
                       "eval.kid_every_steps=60", "eval.kid_samples=8", "eval.kid_steps=2", "eval.real_images=16",
-                      "sampling.choose=true", "sampling.samples=16", "sampling.steps=4"])
+                      "sampling.choose=true", "sampling.samples=16", "sampling.steps=4", "model.license=cc-by-4.0"])
     assert rc == 0
     return out
 
@@ -108,6 +109,22 @@ def test_exported_model_is_self_describing(trained):
     for k, v in ema.state_dict().items():
         assert torch.equal(v, ckpt_ema[k])
     assert any(not torch.equal(a, b) for a, b in zip(ema.state_dict().values(), raw.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_model_card_beside_the_export(trained):
+    import yaml
+
+    card = (trained / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front == {"library_name": "xurdif", "tags": ["diffusion", "unconditional-image-generation", "xurdif"],
+                     "license": "cc-by-4.0"}
+    assert "![Sample grid at step 60](samples/step-0000060.png)" in card and (trained / "samples/step-0000060.png").is_file()
+    assert re.search(r"- KID [0-9.]+ at step 60 .*\n- memorised share [0-9.]+%", card), card
+    assert "xurdif-sample model.safetensors" in card and "license: cc-by-4.0" in card.split("```yaml")[1]
+    training = read_meta(trained / "model.safetensors").extra["training"]
+    assert training["images"] == 32 and training["seconds"] > 0
+    assert "- data: `tests/fixtures/emoji-faces-32`, 32 images" in card
 
 
 @pytest.mark.slow

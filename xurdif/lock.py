@@ -61,3 +61,23 @@ def folder_lock(folder: str | Path, what: str, part: str = "", inside: bool = Fa
             _HELD.discard(path)
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def held_elsewhere(folder: str | Path, part: str = "", inside: bool = False) -> bool:
+    """Whether another live process holds `folder`'s lock (a report asks whether its run
+    still trains). Detected by briefly taking a shared lock, which a writer starting at
+    that very moment would see as busy."""
+    path = lock_path(Path(folder), part, inside)
+    if path in _HELD:  # ours; and opening it here would drop our lock when closed
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: never locked
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .weights import WEIGHTS, ModelMeta, load_state, read_meta, save_model_file
+from .weights import WEIGHTS, ModelMeta, inherited_extra, load_state, read_meta, save_model_file
 
 USES = ("both",) + WEIGHTS  # which weight sets to merge
 
@@ -124,7 +124,7 @@ def merge(paths: list[str | Path], weights: list[float], out: str | Path, use: s
     meta = dataclasses.replace(
         metas[0], recipe="",
         source="merge of " + " + ".join(f"{w:g} x {Path(p).name}" for p, w in zip(paths, weights)),
-        extra={**metas[0].extra, "merge": {"parents": parents, "weights": use}})
+        extra={**inherited_extra(metas[0].extra), "merge": {"parents": parents, "weights": use}})
     save_model_file(out, meta, model, ema)
     return meta
 

@@ -6,18 +6,25 @@ metadata and manifest line, then OUT/index.html is rebuilt. No second code path.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from .cli_args import int_in
 from .diffusion.samplers import SAMPLERS
 from .diffusion.spacing import SPACINGS
+from .options import span
+from .postprocess import PRESETS, RANGES
 from .sampling.defaults import AUTO
-from .render.gallery import write_gallery
+from .render.gallery import COMMAND_CSS, command_html, params_text, rerender_command, write_gallery
 from .render.jobs import Job, JobError, make_job
+from .render.outputs import read_record
 from .render.run import render
 from .weights import read_meta, resolve_model_path
 
@@ -78,36 +85,139 @@ def guidance_options(text: str, clip_model: str, clip_weights: str, image_prompt
 
 
 def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, init: str | None, strength,
-                    eta, noise_mult, post: str, guidance: dict, index: int, spacing: str = AUTO) -> Job:
-    # Empty steps (or 0) and eta: the model's own, like a job line that does not name them.
+                    eta, noise_mult, post: str, guidance: dict, index: int, spacing: str = AUTO,
+                    tile: str = "auto", overlap: str | None = None, wrap: bool = False) -> Job:
+    # Empty steps (or 0), eta and overlap: the model's own or the default, like a job line that does not name them.
     opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler or AUTO,
             "spacing": spacing or AUTO, "size": size.strip(), "init": init or "", "strength": str(strength),
-            "noise_mult": str(noise_mult), "post": post.strip(), "guidance": guidance}
+            "noise_mult": str(noise_mult), "post": post.strip(), "guidance": guidance,
+            "tile": (tile or "auto").strip(), "wrap": "true" if wrap else "false"}
     if steps:
         opts["steps"] = str(int(steps))
     if eta is not None:
         opts["eta"] = str(eta)
+    if str(overlap or "").strip():
+        opts["overlap"] = str(overlap).strip()
     return make_job(opts, Job(index=index), WHERE, {})
 
 
+def field_info(name: str, more: str = "") -> str:
+    """A Job option's meaning and range, from its field (the job file checks the same)."""
+    m = next(f for f in dataclasses.fields(Job) if f.name == name).metadata
+    lo, hi = m.get("min"), m.get("max")
+    parts = [m.get("doc", ""), span(lo, hi, m.get("min_open", False)) if lo is not None or hi is not None else "", more]
+    return "; ".join(p for p in parts if p)
+
+
+def post_info() -> str:
+    """The presets and each op's range, from xurdif/postprocess.py."""
+    presets = "; ".join(f"{k} = {v}" for k, v in PRESETS.items())
+    ranges = ", ".join(f"{op} {lo:g}..{hi:g}" for op, (lo, hi) in RANGES.items())
+    return f"a preset, or ops as op:value,op:value (a preset may start the chain). Presets: {presets}. Ranges: {ranges}"
+
+
+def model_info(model: str | None) -> str:
+    """The model's native size and default sampler, shown beside the size box."""
+    try:
+        meta = read_meta(resolve_model_path(model or ""))
+    except Exception:  # no model picked yet, or not a model file: the render says why
+        return "native size: pick a model"
+    h, w = meta.image_size
+    return f"native size **{w}x{h}** · default sampler (auto): {meta.default_sampling().describe()}"
+
+
+def tiles_text(tiles: dict | None) -> str:
+    if not tiles:
+        return "not tiled"
+    w_h = tiles["tile"]
+    tile = f"{w_h[0]}x{w_h[1]} tiles, overlap {tiles['overlap']} px" if w_h else "the whole canvas"
+    return f"tiled: {tile}" + (", wrapped (seamless)" if tiles["wrap"] else "")
+
+
+def file_url(path: Path) -> str:
+    return "/gradio_api/file=" + quote(str(Path(path).resolve()))
+
+
+def history_entry(number: int, prompt: str, message_text: str, records: list[tuple[Path, dict]]) -> str:
+    """One render in the history: its message, and each image whole with its parameters and command."""
+    cards = "".join(
+        f'<figure class=studio-image><a href="{file_url(path)}" target=_blank><img src="{file_url(path)}" '
+        f'alt="seed {rec["seed"]}"></a><figcaption><b>seed {rec["seed"]}</b> · '
+        f'{escape(params_text(rec["params"]))} · {escape(tiles_text(rec["params"].get("tiles")))}'
+        f'{command_html(rerender_command(rec))}</figcaption></figure>' for path, rec in records)
+    kind = "error" if message_text.startswith("Error") else "ok"
+    return (f'<section class="studio-entry {kind}" data-render="{number}"><h4>#{number} · {escape(prompt)} · '
+            f'{time.strftime("%H:%M:%S")}</h4><p>{escape(message_text)}</p>{cards}</section>')
+
+
 def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance: dict,
-                progress: bool = True) -> tuple[list[tuple[str, str]], str]:
-    """(images as (path, caption), message). Bad input is the message, never a traceback."""
+                progress: bool = True) -> tuple[list[tuple[str, str]], str, list[tuple[Path, dict]]]:
+    """(images as (path, caption), message, (path, record) of each image). Bad input is the
+    message, never a traceback."""
     try:
         model_path = resolve_model_path(model or "")
         job = make_studio_job(**job_args, guidance=guidance, index=next_index(out_dir))
         result = render(model_path, [job], out_dir, device=device, progress=progress)
     except (FileNotFoundError, JobError, ValueError, OSError, RuntimeError) as e:
-        return [], message(f"Error: {e}")
+        return [], message(f"Error: {e}"), []
     write_gallery(out_dir, result.failures)
     if result.failures:
-        return [], message("Error: " + "; ".join(result.failures))
+        return [], message("Error: " + "; ".join(result.failures)), []
     from .render.outputs import job_dir_name
     from .render.plan import outputs_of
 
     folder = out_dir / job_dir_name(job.index, job.prompt)
-    images = [(str(out_dir / o.rel), f"seed {o.seed}") for o in outputs_of(job)]
-    return images, f"Saved {len(images)} image(s) to {folder} (gallery: {out_dir / 'index.html'})"
+    records = [(out_dir / o.rel, read_record(out_dir / o.rel)) for o in outputs_of(job)]
+    images = [(str(path), f"seed {rec['seed']}") for path, rec in records]
+    tiled = tiles_text(records[0][1]["params"].get("tiles")) if records else ""
+    return images, f"Saved {len(images)} image(s) to {folder} ({tiled}; gallery: {out_dir / 'index.html'})", records
+
+
+CSS = f"""#studio-result img, .studio-image img {{image-rendering: pixelated; object-fit: contain}}
+.studio-image img {{width: 192px; height: 192px; background: #8884}}
+.studio-image {{margin: 4px 0; display: flex; gap: 8px; align-items: flex-start}}
+.studio-image figcaption {{flex: 1; min-width: 0; font-size: 12px}}
+.studio-entry {{border-top: 1px solid #8886; padding-top: 4px}} .studio-entry.error p {{color: #c00}}
+{COMMAND_CSS}"""
+GALLERY_ROUTE = "/gallery"
+
+
+def canvas_controls(gr, d: Job) -> tuple:
+    """sampler, spacing, steps, size, tile, overlap, wrap (in that order)."""
+    with gr.Row():
+        sampler = gr.Dropdown([AUTO, *SAMPLERS], value=d.sampler, label="sampler (auto: the model's)")
+        spacing = gr.Dropdown([AUTO, *SPACINGS], value=d.spacing, label="spacing")
+        steps = gr.Number(0, precision=0, label="steps (0: the model's)", minimum=0)
+        size = gr.Textbox("", label="size WxH (empty: the model's)", elem_id="studio-size", info=field_info("size"))
+    with gr.Row():
+        tile = gr.Textbox(str(d.tile), label="tile", elem_id="studio-tile", info=field_info("tile"))
+        overlap = gr.Textbox("", label="overlap", elem_id="studio-overlap",
+                             info=field_info("overlap", "empty: a quarter of the tile"))
+        wrap = gr.Checkbox(d.wrap, label="wrap (seamless texture)", elem_id="studio-wrap")
+    return sampler, spacing, steps, size, tile, overlap, wrap
+
+
+def init_controls(gr, d: Job) -> tuple:
+    """init image, strength, noise multiplier, eta (in that order)."""
+    with gr.Accordion("init image", open=False):
+        init = gr.File(label="init image", file_types=["image"], type="filepath")
+        strength = gr.Slider(0.01, 1.0, d.strength, label="strength", info=field_info("strength"))
+        noise_mult = gr.Number(d.noise_mult, label="noise multiplier")
+        eta = gr.Number(None, label="eta (ddim, dpmpp_2m_sde, edm; empty: the model's)", info=field_info("eta"))
+    return init, strength, noise_mult, eta
+
+
+def guidance_controls(gr) -> list:
+    """In guidance_options' order: text, CLIP model, weights, image, target, style, style weight, scale."""
+    with gr.Accordion("guidance (CLIP weights must be on disk)", open=False):
+        return [gr.Textbox("", label="text prompts, e.g. 'a red fox:1, blurry:-0.5'"),
+                gr.Textbox("ViT-B-32", label="CLIP model"),
+                gr.Textbox("", label="CLIP weights (file or cached tag)"),
+                gr.File(label="image prompt", file_types=["image"], type="filepath"),
+                gr.File(label="target image", file_types=["image"], type="filepath"),
+                gr.File(label="style image", file_types=["image"], type="filepath"),
+                gr.Number(1.0, label="style weight"),
+                gr.Number(0.02, label="guidance scale")]
 
 
 def build_app(models_dir: Path, out_dir: Path, device: str):
@@ -115,55 +225,57 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
 
     d = Job()
     choices = lambda: [(m.label, str(m.path)) for m in list_models(models_dir)]
+    history: list[str] = []  # every render since the studio started, newest first (HTML)
     with gr.Blocks(title="xurdif studio", analytics_enabled=False) as app:
-        gr.Markdown(f"## xurdif studio\nModels under `{models_dir}`; images saved to `{out_dir}/`.")
+        gr.Markdown(f"## xurdif studio\nModels under `{models_dir}`; images saved to `{out_dir}/` "
+                    f"([open its gallery]({GALLERY_ROUTE}/index.html), every render in the folder).",
+                    elem_id="studio-header")
         with gr.Row():
             with gr.Column():
                 first = choices()
                 model = gr.Dropdown(first, value=first[0][1] if first else None, label="model",
                                     allow_custom_value=True, elem_id="studio-model")
+                info = gr.Markdown(model_info(first[0][1] if first else None), elem_id="studio-model-info")
                 refresh = gr.Button("Rescan models", size="sm")
                 prompt = gr.Textbox("a sample", label="prompt", elem_id="studio-prompt")
                 with gr.Row():
                     n = gr.Number(d.n, precision=0, label="images", minimum=1)
                     seed = gr.Textbox("", label="first seed (empty: derived)", elem_id="studio-seed")
+                sampler, spacing, steps, size, tile, overlap, wrap = canvas_controls(gr, d)
+                post = gr.Dropdown(["", *PRESETS], value=d.post, label="postprocessing", allow_custom_value=True,
+                                   info=post_info(), elem_id="studio-post")
+                init, strength, noise_mult, eta = init_controls(gr, d)
+                guides = guidance_controls(gr)
                 with gr.Row():
-                    sampler = gr.Dropdown([AUTO, *SAMPLERS], value=d.sampler, label="sampler (auto: the model's)")
-                    spacing = gr.Dropdown([AUTO, *SPACINGS], value=d.spacing, label="spacing")
-                    steps = gr.Number(0, precision=0, label="steps (0: the model's)", minimum=0)
-                    size = gr.Textbox("", label="size WxH (empty: the model's)", elem_id="studio-size")
-                with gr.Accordion("init image", open=False):
-                    init = gr.File(label="init image", file_types=["image"], type="filepath")
-                    strength = gr.Slider(0.01, 1.0, d.strength, label="strength")
-                    noise_mult = gr.Number(d.noise_mult, label="noise multiplier")
-                    eta = gr.Number(None, label="eta (ddim, edm; empty: the model's)")
-                with gr.Accordion("guidance (CLIP weights must be on disk)", open=False):
-                    g_text = gr.Textbox("", label="text prompts, e.g. 'a red fox:1, blurry:-0.5'")
-                    g_model = gr.Textbox("ViT-B-32", label="CLIP model")
-                    g_weights = gr.Textbox("", label="CLIP weights (file or cached tag)")
-                    g_image = gr.File(label="image prompt", file_types=["image"], type="filepath")
-                    g_target = gr.File(label="target image", file_types=["image"], type="filepath")
-                    g_style = gr.File(label="style image", file_types=["image"], type="filepath")
-                    g_style_w = gr.Number(1.0, label="style weight")
-                    g_scale = gr.Number(0.02, label="guidance scale")
-                post = gr.Textbox("", label="postprocessing, e.g. contrast:1.1,gamma:0.9")
-                go = gr.Button("Render", variant="primary", elem_id="studio-render")
+                    go = gr.Button("Render", variant="primary", elem_id="studio-render")
+                    stop = gr.Button("Stop", variant="stop", elem_id="studio-stop")
             with gr.Column():
                 message = gr.Markdown("", elem_id=MESSAGE_ID)
-                gallery = gr.Gallery(label="result", elem_id="studio-result", columns=4)
+                gallery = gr.Gallery(label="latest render", elem_id="studio-result", columns=4, object_fit="contain")
+                gr.Markdown("### History (newest first)")
+                shown = gr.HTML("", elem_id="studio-history")
+
+        def history_html() -> str:  # data-count: the page has it (a reload too)
+            return f'<div data-count={len(history)}>{"".join(history) or "<p>No renders yet.</p>"}</div>'
 
         def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v, noise_v,
-                eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, progress=gr.Progress(track_tqdm=True)):
+                eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, tile_v="auto", overlap_v=None, wrap_v=False,
+                progress=gr.Progress(track_tqdm=True)):
             job_args = dict(prompt=prompt_v, n=n_v or 1, seed=seed_v, sampler=sampler_v, spacing=spacing_v,
-                            steps=steps_v,
-                            size=size_v, init=init_v, strength=strength_v, eta=eta_v, noise_mult=noise_v, post=post_v)
+                            steps=steps_v, size=size_v, init=init_v, strength=strength_v, eta=eta_v,
+                            noise_mult=noise_v, post=post_v or "", tile=tile_v, overlap=overlap_v, wrap=wrap_v)
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
-            return render_once(model_v, out_dir, device, job_args, guidance)
+            images, text, records = render_once(model_v, out_dir, device, job_args, guidance)
+            history.insert(0, history_entry(len(history) + 1, prompt_v, text, records))
+            return images, text, history_html()
 
         refresh.click(lambda: gr.Dropdown(choices=choices()), None, model, api_name=False)
-        go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult, eta, g_text,
-                       g_model, g_weights, g_image, g_target, g_style, g_style_w, g_scale, post],
-                 [gallery, message], api_name="render")
+        model.change(model_info, model, info, api_name=False)
+        app.load(history_html, None, shown, api_name=False)
+        rendering = go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult,
+                                   eta, *guides, post, tile, overlap, wrap],
+                             [gallery, message, shown], api_name="render")
+        stop.click(None, None, None, cancels=[rendering], api_name=False)
     return app
 
 
@@ -194,9 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     app = build_app(models, out, device)
+    write_gallery(out, [])  # the page links to it before the first render
+    server, _, _ = app.launch(server_name="127.0.0.1", server_port=args.port, ssr_mode=False, quiet=True, css=CSS,
+                              allowed_paths=[str(out.resolve())], footer_links=["api"], prevent_thread_lock=True)
+    from starlette.staticfiles import StaticFiles
+
+    # Gradio serves .html files as downloads: the gallery gets a route of its own.
+    server.mount(GALLERY_ROUTE, StaticFiles(directory=out, html=True), name="gallery")
     print(f"xurdif studio on http://127.0.0.1:{args.port}/", flush=True)
-    app.launch(server_name="127.0.0.1", server_port=args.port, ssr_mode=False, quiet=True,
-               allowed_paths=[str(out.resolve())], footer_links=["api"])
+    app.block_thread()
     return 0
 
 

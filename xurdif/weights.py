@@ -28,6 +28,15 @@ FORMAT = "xurdif-model-1"
 WEIGHTS = ("ema", "model")
 
 
+# extra keys about a file's own weights (scores, training, lineage): a model made from it
+# (a merge, a fine-tune) does not inherit them.
+OWN_FACTS = ("best", "training", "merge", "posthoc_ema")
+
+
+def inherited_extra(extra: dict) -> dict:
+    return {k: v for k, v in extra.items() if k not in OWN_FACTS}
+
+
 class ModelFileError(ValueError):
     """A model file that cannot be used; the message is one line naming the file."""
 

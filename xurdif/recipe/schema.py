@@ -44,6 +44,8 @@ class ModelCfg:
                                     "conv (overrides preset; tiny/small: 2, base/large: 1)")
     dropout: float = opt(0.0, min=0.0, max=0.9, doc="dropout in residual blocks")
     init_from: str = opt("", doc="start from the weights of a model file (.safetensors), e.g. an import")
+    license: str = opt("", doc="the model's licence, e.g. cc-by-4.0 or mit, for the model card (README.md "
+                       "beside model.safetensors; \"\" = not stated)", safe=True)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,13 @@ INDEX = "index.html"
 CSS = """body{font:14px system-ui,sans-serif;margin:1.2em;color:#222}h1{font-size:1.4em}
 h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}.sheet{image-rendering:pixelated;width:min(100%,320px)}
 .cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:250px;font-size:12px}
-.card img{image-rendering:pixelated;width:96px}.card code{display:block;white-space:pre-wrap;word-break:break-all;
-background:#f6f6f6;padding:4px;margin-top:4px}.failures li{color:#a00}.meta{color:#666}"""
+.card img{image-rendering:pixelated;width:96px}.failures li{color:#a00}.meta{color:#666}"""
+# A command is one line that scrolls, never broken mid-word, with a button that copies it whole.
+COMMAND_CSS = """.cmd{display:flex;gap:4px;align-items:flex-start;margin-top:4px}
+.cmd pre{flex:1;margin:0;white-space:pre;overflow-x:auto;background:#f6f6f6;padding:4px;font-size:12px}
+.cmd button{font-size:11px;cursor:pointer}"""
+COPY_JS = ("navigator.clipboard.writeText(this.nextElementSibling.textContent)"
+           ".then(()=>{this.textContent='copied'},()=>{this.textContent='select and copy'})")
 
 
 def read_manifest(out_dir: Path) -> list[dict]:
@@ -52,17 +57,31 @@ def rerender_command(rec: dict, out: str = "rerender") -> str:
         args += ["--noise-mult", str(p["noise_mult"])]
     if p.get("post"):
         args += ["--post", p["post"]]
+    if p.get("tile", "auto") != "auto":
+        args += ["--tile", str(p["tile"])]
+    if p.get("overlap") is not None:
+        args += ["--overlap", str(p["overlap"])]
+    if p.get("wrap"):
+        args += ["--wrap"]
     if p.get("weights", "ema") != "ema":
         args += ["--weights", p["weights"]]
     return shlex.join(args + ["-o", out])
+
+
+def command_html(command: str) -> str:
+    """A command with its copy button (COMMAND_CSS styles it)."""
+    return (f'<div class=cmd><button type=button title="copy the command" onclick="{escape(COPY_JS)}">copy</button>'
+            f'<pre><code>{escape(command)}</code></pre></div>')
 
 
 def params_text(p: dict) -> str:
     """The options that shaped this image; those with no effect (eta off ddim, strength
     without init, defaults) are left out."""
     skip = {"eta": p.get("sampler") not in TAKES_ETA, "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
-            "weights": p.get("weights", "ema") == "ema"}
-    keys = ("steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post", "weights")
+            "weights": p.get("weights", "ema") == "ema", "tile": p.get("tile") == "auto",
+            "wrap": not p.get("wrap")}
+    keys = ("steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post", "tile", "overlap",
+            "wrap", "weights")
     parts = [f"{k}={'x'.join(map(str, p[k])) if k == 'size' and p[k] else p[k]}"
              for k in keys if p.get(k) not in (None, "") and not skip.get(k)]
     return " ".join(parts)
@@ -78,7 +97,7 @@ def card(rec: dict) -> str:
             f'alt="{escape(rec["prompt"])} seed {rec["seed"]}" loading="lazy"></a>'
             f'<div><b>seed {rec["seed"]}</b> &middot; {escape(rec["file"])}</div>'
             f'<div>{escape(params_text(rec["params"]))}</div>{guided}'
-            f'<code>{escape(rerender_command(rec))}</code></div>')
+            f'{command_html(rerender_command(rec))}</div>')
 
 
 def render_index(out_dir: Path, failures: list[str]) -> str:
@@ -101,7 +120,8 @@ def render_index(out_dir: Path, failures: list[str]) -> str:
             if failures else "")
     n = sum(len(g) for g in groups.values())
     return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Renders: {escape(out_dir.name)}</title><style>{CSS}</style></head>
+<html lang=en><head><meta charset=utf-8><title>Renders: {escape(out_dir.name)}</title>
+<style>{CSS}{COMMAND_CSS}</style></head>
 <body><h1>Renders in {escape(out_dir.name)}/</h1>
 <p class=meta>{n} images, {len(groups)} prompts, {len(failures)} failures in the last run.
 Updated {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>

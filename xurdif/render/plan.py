@@ -138,7 +138,8 @@ def plan_job(job: Job, model: Model, out_dir: Path, presets: dict[str, str] | No
     if job.merge:  # a model of another kind fails this job now
         check_merge(job.merge.model)
     tiles = tiling(job, size, model.size)
-    params = {**job.options(), "size": list(size), "model": str(model.path), "weights": model.weights,
+    # The model's absolute path: a re-render command works from any folder.
+    params = {**job.options(), "size": list(size), "model": str(Path(model.path).absolute()), "weights": model.weights,
               "guidance": described,
               "tiles": None if tiles is None else {"tile": list(tiles.tile) if tiles.tile else None,
                                                    "overlap": tiles.overlap, "wrap": job.wrap}}

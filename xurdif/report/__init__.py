@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import atomic_write
-from .data import RunData, Series, gather, read_scalars
+from .data import RunData, Series, gather, read_scalars, training
 from .html import render_html
 
 REPORT = "report.html"
@@ -19,4 +19,4 @@ def write_report(runs: list[RunData], out_path: str | Path) -> Path:
     return out_path
 
 
-__all__ = ["REPORT", "RunData", "Series", "gather", "read_scalars", "render_html", "write_report"]
+__all__ = ["REPORT", "RunData", "Series", "gather", "read_scalars", "render_html", "training", "write_report"]

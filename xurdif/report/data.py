@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..lock import held_elsewhere
+
 GRID_RE = re.compile(r"step-(\d+)\.png")
 CKPT_RE = re.compile(r"step-(\d+)")
 
@@ -31,6 +33,21 @@ class RunData:
     model_step: int | None = None
     best: dict | None = None  # model-best.safetensors' step and scores, if kept
     closest: dict[str, Path] = field(default_factory=dict)  # "best"/"last": samples beside their nearest images
+    live: bool = False  # still training: the page reloads itself
+
+
+_TRAINING: set[Path] = set()  # run folders this process trains now
+
+
+def training(run_dir: str | Path, on: bool) -> None:
+    """Mark a run folder as training in this process (its reports reload themselves), or
+    as ended (the report written next is the final one)."""
+    (_TRAINING.add if on else _TRAINING.discard)(Path(run_dir).absolute())
+
+
+def is_live(run_dir: Path) -> bool:
+    """Training now: in this process, or in another that holds the run's lock."""
+    return Path(run_dir).absolute() in _TRAINING or held_elsewhere(run_dir)
 
 
 def merge_event(series: Series, tag: str, step: int, value: float) -> None:
@@ -97,6 +114,7 @@ def gather(run_dir: str | Path, scalars: Series | None = None) -> RunData:
         recipe=recipe.read_text() if recipe.is_file() else "",
         checkpoints=list_checkpoints(run_dir),
         model=model if model.is_file() else None,
+        live=is_live(run_dir),
     )
     from ..weights import read_meta
 

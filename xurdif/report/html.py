@@ -16,7 +16,8 @@ from .data import RunData
 from .svg import COLOURS, fmt, line_plot
 
 TITLES = {"loss/total": "loss: total", "train/lr": "learning rate", "train/images_per_sec": "images/s",
-          "train/time_left_s": "time left (s)", "train/grad_norm": "gradient norm", "train/ema_decay": "EMA decay",
+          "train/time_left_s": "time left (s)", "train/steps_total": "the run's length (steps)",
+          "train/grad_norm": "gradient norm", "train/ema_decay": "EMA decay",
           "train/nonfinite_skips": "skipped non-finite steps", "eval/kid": "KID (in training; held-out images when set aside)",
           "eval/kid_std": "KID std", "eval/memorised": "memorised share (in training)",
           "eval/kid_train": "KID against the training images", "eval/memorised_pixel": "memorised (plain pixel L2)",
@@ -31,7 +32,13 @@ td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}td.n{text-al
 .plot text{font-size:10px;fill:#444}.plot .title{font-size:12px;fill:#222}.plot .frame{fill:none;stroke:#bbb}
 .plot .grid{stroke:#eee}.timeline .cols{display:flex;gap:16px;align-items:flex-start}
 .timeline figure{margin:0}.cols{display:flex;gap:16px}figure img{image-rendering:pixelated}.timeline img{image-rendering:pixelated;max-width:520px;width:100%}
-pre{background:#f6f6f6;padding:8px;overflow:auto;max-height:40em}.meta{color:#666}"""
+pre{background:#f6f6f6;padding:8px;overflow:auto;max-height:40em}.meta{color:#666}
+img.zoom{cursor:zoom-in}dialog.zoom{padding:4px;border:0;max-width:98vw;max-height:98vh;overflow:auto}
+dialog.zoom img{image-rendering:pixelated;display:block;cursor:zoom-out}dialog.zoom::backdrop{background:#000c}"""
+# How often a live report reloads itself; written only while the run trains.
+RELOAD_S = 30
+# Time left from the speed over this many log steps, not the last one alone.
+SPEED_WINDOW = 8
 
 SLIDER_JS = """for (const tl of document.querySelectorAll('.timeline')) {
   const range = tl.querySelector('input'), label = tl.querySelector('.step');
@@ -47,6 +54,24 @@ SLIDER_JS = """for (const tl of document.querySelectorAll('.timeline')) {
   };
   range.addEventListener('input', show); show();
 }"""
+
+# A click on a grid opens it full size, scaled by a whole factor, pixels kept sharp.
+ZOOM_JS = """const zoom = document.createElement('dialog'); zoom.className = 'zoom'; document.body.append(zoom);
+zoom.addEventListener('click', () => zoom.close());
+for (const img of document.querySelectorAll('img.zoom')) img.parentElement.addEventListener('click', ev => {
+  ev.preventDefault();
+  const big = new Image(); big.alt = img.alt;
+  big.onload = () => {
+    const fit = Math.min(innerWidth * 0.95 / big.naturalWidth, innerHeight * 0.95 / big.naturalHeight);
+    const k = Math.max(1, Math.floor(fit));
+    big.width = big.naturalWidth * k; zoom.replaceChildren(big); zoom.showModal();
+  };
+  big.src = img.src;
+});"""
+
+# While the run trains: reload now and then, keeping the scroll position; not while a grid is open.
+RELOAD_JS = f"""setInterval(() => {{ if (!document.querySelector('dialog[open]')) location.reload(); }},
+            {RELOAD_S * 1000});"""
 
 
 def tag_order(tag: str) -> tuple[int, str]:
@@ -91,19 +116,38 @@ def latest(run: RunData, tag: str) -> tuple[int, float] | None:
     return p[-1] if p else None
 
 
+def time_left(run: RunData) -> float | None:
+    """The last logged time left, at the mean speed of the last SPEED_WINDOW log steps (their
+    images/s averaged harmonically, as times add up) instead of the last step's alone."""
+    left = latest(run, "train/time_left_s")
+    speeds = [v for _, v in points(run, "train/images_per_sec")[-SPEED_WINDOW:] if math.isfinite(v) and v > 0]
+    if left is None or not speeds or latest(run, "train/images_per_sec")[0] != left[0]:
+        return left[1] if left else None
+    mean = len(speeds) / sum(1 / v for v in speeds)
+    return left[1] * speeds[-1] / mean
+
+
+def progress(run: RunData) -> str:
+    """"step N of M (P%)", or "step N" before the run's length is known."""
+    step = max((s for v in run.scalars.values() for s in v), default=0)
+    total = latest(run, "train/steps_total")
+    if not total or total[1] <= 0:
+        return f"step {step}"
+    return f"step {step} of {int(total[1])} ({min(step / total[1], 1):.0%})"
+
+
 def summary(runs: list[RunData]) -> str:
     rows = []
     for run in runs:
-        step = max((s for v in run.scalars.values() for s in v), default=0)
-        left = latest(run, "train/time_left_s")
+        left = time_left(run)
         total = latest(run, "loss/total")
         kid = latest(run, "eval/kid")
-        rows.append(f"<tr><td>{escape(run.name)}</td><td class=n>{step}</td>"
+        rows.append(f"<tr><td>{escape(run.name)}</td><td class=progress>{progress(run)}</td>"
                     f"<td class=n>{fmt(total[1]) if total else '-'}</td>"
-                    f"<td class=n>{duration(left[1]) if left else '-'}</td>"
+                    f"<td class=n>{duration(left) if left is not None else '-'}</td>"
                     f"<td class=n>{fmt(kid[1]) if kid else '-'}</td></tr>")
-    return ("<table id=summary><tr><th>run</th><th>step</th><th>loss</th><th>time left</th><th>KID</th></tr>"
-            + "".join(rows) + "</table>")
+    return ("<table id=summary><tr><th>run</th><th>progress</th><th>loss</th>"
+            f"<th>time left (over {SPEED_WINDOW} log steps)</th><th>KID</th></tr>" + "".join(rows) + "</table>")
 
 
 def plots(runs: list[RunData]) -> str:
@@ -126,14 +170,19 @@ def latest_table(runs: list[RunData]) -> str:
     return f"<table id=latest><tr><th>scalar (latest)</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def zoomable(src: str, alt: str) -> str:
+    """An image that opens full size on a click (ZOOM_JS; without scripts, the file itself)."""
+    return f'<a href="{src}"><img class=zoom src="{src}" alt="{escape(alt)}" loading="lazy"></a>'
+
+
 def timeline(runs: list[RunData], out_dir: Path) -> str:
     steps = sorted({s for r in runs for s, _ in r.grids})
     if not steps:
         return "<p>No sample grids yet.</p>"
     cols = []
     for r in runs:
-        figs = "".join(f'<figure data-step="{s}"><img src="{rel(p, out_dir)}" alt="{escape(r.name)} step {s}" '
-                       f'loading="lazy"><figcaption>{escape(r.name)}, step {s}</figcaption></figure>'
+        figs = "".join(f'<figure data-step="{s}">{zoomable(rel(p, out_dir), f"{r.name} step {s}")}'
+                       f'<figcaption>{escape(r.name)}, step {s}</figcaption></figure>'
                        for s, p in r.grids) or f"<p>{escape(r.name)}: no grids</p>"
         cols.append(f"<div class=col>{figs}</div>")
     return (f"<div class=timeline data-steps='{json.dumps(steps)}'>"
@@ -155,7 +204,7 @@ def copies(runs: list[RunData], out_dir: Path) -> str:
         if r.best:
             lines.append(f"model-best.safetensors: step {r.best.get('step')}, KID {fmt(r.best.get('kid', 0))}, "
                          f"memorised {r.best.get('memorised', 0):.1%}")
-        figs = "".join(f'<figure><img src="{rel(p, out_dir)}" alt="{escape(r.name)} closest pairs, {which} model">'
+        figs = "".join(f'<figure>{zoomable(rel(p, out_dir), f"{r.name} closest pairs, {which} model")}'
                        f"<figcaption>{which} model: samples (red frame: a copy), their nearest training image, "
                        f"the second nearest</figcaption></figure>" for which, p in sorted(r.closest.items()))
         parts.append(f"<h3>{escape(r.name)}</h3><ul>{''.join(f'<li>{escape(t)}</li>' for t in lines)}</ul>"
@@ -223,10 +272,14 @@ def render_html(runs: list[RunData], out_path: Path) -> str:
     out_dir = Path(out_path).parent
     names = ", ".join(r.name for r in runs)
     heading = f"Run {names}" if len(runs) == 1 else f"Runs compared: {names}"
+    live = any(r.live for r in runs)
+    state = f"Training: this page reloads every {RELOAD_S} s." if live else "Not training: this page is final."
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title><style>{CSS}</style></head>
 <body><h1>{escape(heading)}</h1>
-<p class=meta>Updated {time.strftime('%Y-%m-%d %H:%M:%S')}. Rebuild with <code>xurdif-report</code>.</p>
+<p class=meta>Updated {time.strftime('%Y-%m-%d %H:%M:%S')}. <span id=live>{state}</span>
+Rebuild with <code>xurdif-report</code>.</p>
+<p id=progress>{" · ".join(escape(f"{r.name}: " if len(runs) > 1 else "") + progress(r) for r in runs)}</p>
 {summary(runs)}
 <h2>Curves</h2>{plots(runs)}
 <h2>Latest values</h2>{latest_table(runs)}
@@ -235,6 +288,8 @@ def render_html(runs: list[RunData], out_path: Path) -> str:
 <h2>Checkpoints</h2>{checkpoints(runs, out_dir)}
 <h2>Recipe</h2>{recipes(runs)}
 <script type="application/json" id="xurdif-scalars">{scalars_json(runs)}</script>
-<script>{SLIDER_JS}</script>
+<script>{SLIDER_JS}
+{ZOOM_JS}</script>
+{f'<script id=reload>{RELOAD_JS}</script>' if live else ""}
 </body></html>
 """

@@ -197,9 +197,22 @@ def hold_run_folder(recipe: Recipe, acc, held: contextlib.ExitStack) -> str | No
     return busy
 
 
+def close_session(recipe: Recipe, acc, outputs, opened: bool, held: contextlib.ExitStack) -> None:
+    from ..report import training
+
+    training(recipe.run_dir, False)
+    if opened:  # however the run ended: the final report, which no longer reloads itself
+        outputs.write_report()
+    if outputs is not None:
+        outputs.close()
+    held.close()
+    acc.end_training()
+
+
 def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     from ..data import DataError
     from ..weights import ModelFileError
+    from ..report import training
     from .dist import make_accelerator
     from .loop import Trainer
     from .nonfinite import NonFiniteError
@@ -212,6 +225,7 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     stop = StopRequest().install()
     stop_with_launcher()
     outputs = None
+    opened = False  # this session wrote the run folder: its report is written once more at the end
     held = contextlib.ExitStack()
     try:
         busy = hold_run_folder(recipe, acc, held)
@@ -224,7 +238,9 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         trainer = Trainer(recipe, acc, outputs)  # opens the dataset: bad data leaves no run folder
         if acc.is_main_process:
             prepare_run_dir(recipe.run_dir, set_aside)
+            training(recipe.run_dir, True)
             outputs.open()
+            opened = True
         acc.wait_for_everyone()
         if start is not None:
             trainer.load(start, verified=resume == "auto")  # latest_checkpoint already hashed it
@@ -252,7 +268,4 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
         return 1
     finally:
         stop.uninstall()
-        if outputs is not None:
-            outputs.close()
-        held.close()
-        acc.end_training()
+        close_session(recipe, acc, outputs, opened, held)

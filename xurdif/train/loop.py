@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from .feed import Layout
 from .loss import Loss
 from .lr import learning_rate
 from .model import Model
+from .network import exported_meta
 from .monitor import FIRST_EVAL_AFTER_S, BestModel, KidMonitor
 from .nonfinite import NonFiniteCounter, NonFiniteError
 from .outputs import RunOutputs
@@ -96,8 +96,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def _export(self, model: dict, ema: dict) -> None:
-        s = self.state
-        self.out.export_model(replace(self.model.meta, step=s.step, images_seen=s.images_seen), model, ema)
+        self.out.export_model(exported_meta(self.model.meta, self.state, self.data), model, ema)
         prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
         self.out.write_report()  # the checkpoint list as pruned
 
@@ -209,6 +208,8 @@ class Trainer:
         means = window_means(self.window, self.acc)
         means.update(images_per_sec=ips, nonfinite_skips=s.nonfinite_total,
                      time_left_s=(self.budget.steps - s.step) * self.global_batch / max(ips, 1e-9))
+        if not self.budget.measuring:  # the run's length, once known: the report's "step N of M"
+            means["steps_total"] = self.budget.steps
         self.out.log_scalars(means, s.step)
         self.bar.set_postfix(loss=f"{means[TOTAL]:.4f}", img_s=f"{ips:.1f}")
         self.window = []

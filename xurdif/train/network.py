@@ -11,7 +11,7 @@ import torch
 from ..models import build_network
 from ..models.unet import unet_config
 from ..recipe import OptimCfg, Recipe, TrainCfg, recipe_to_yaml
-from ..weights import ModelMeta, load_network
+from ..weights import ModelMeta, inherited_extra, load_network
 from . import augment
 
 log = logging.getLogger("xurdif.train")
@@ -42,7 +42,7 @@ def build_for_recipe(recipe: Recipe) -> tuple[torch.nn.Module, ModelMeta]:
                 "model.init_from %s: using its schedule %s/%d and prediction %s instead of the recipe's",
                 recipe.model.init_from, meta.schedule, meta.timesteps, meta.prediction,
             )
-        meta = replace(meta, image_size=size, recipe=recipe_to_yaml(recipe),
+        meta = replace(meta, image_size=size, recipe=recipe_to_yaml(recipe), extra=inherited_extra(meta.extra),
                        source=f"fine-tuned from {recipe.model.init_from}", sampling=recipe_sampling(recipe))
         return net.train(), meta
     config = recipe_net_config(recipe)
@@ -53,6 +53,14 @@ def build_for_recipe(recipe: Recipe) -> tuple[torch.nn.Module, ModelMeta]:
         sampling=recipe_sampling(recipe),
     )
     return build_network(meta.architecture, config), meta
+
+
+def exported_meta(meta: ModelMeta, state, data) -> ModelMeta:
+    """The model file's metadata at export: where the run stands, and the training facts
+    the model library and card show of a model whose run folder is not at hand."""
+    images = len(data) if data.indexable else data.num_images  # shards: all, when known
+    trained = {"seconds": state.seconds, "images": images}
+    return replace(meta, step=state.step, images_seen=state.images_seen, extra={**meta.extra, "training": trained})
 
 
 def recipe_sampling(recipe: Recipe) -> dict:

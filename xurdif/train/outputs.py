@@ -17,6 +17,7 @@ from ..diffusion.losses import TERMS, TOTAL
 from ..diffusion.samplers import sample
 from ..diffusion.schedule import Schedule
 from ..killpoint import kill_point
+from ..library.card import CARD, model_card
 from ..recipe import Recipe, recipe_to_yaml
 from ..seeds import derive_seed
 from ..report import REPORT, Series, gather, read_scalars, write_report
@@ -117,7 +118,17 @@ class RunOutputs:
     def export_model(self, meta: ModelMeta, model: dict, ema: dict) -> Path:
         path = self.run_dir / "model.safetensors"
         save_model_file(path, meta, model, ema)
+        self.write_card(meta)
         return path
+
+    def write_card(self, meta: ModelMeta) -> None:
+        """README.md beside the export: the model card (xurdif/library/card.py). One that cannot
+        be written (disk full, odd file) must not stop the training."""
+        try:
+            with atomic_write(self.run_dir / CARD, "w") as f:
+                f.write(model_card(meta, self.r.name, self.run_dir, self.scalars))
+        except OSError as e:
+            log.warning("could not write %s: %s", self.run_dir / CARD, e)
 
     def export_best(self, meta: ModelMeta, model: dict, ema: dict, step: int, scores: dict[str, float]) -> Path:
         """model-best.safetensors: the lowest in-training KID so far, with its scores in the metadata."""

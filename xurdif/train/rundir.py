@@ -10,7 +10,7 @@ from pathlib import Path
 
 log = logging.getLogger("xurdif.train")
 ARTEFACTS = ("recipe.yaml", "samples", "tb", "checkpoints", "model.safetensors", "report.html",
-             "model-best.safetensors", "ema-snapshots", "heldout.txt", "eval")
+             "model-best.safetensors", "ema-snapshots", "heldout.txt", "eval", "README.md")
 ABORTED = ".aborted-"
 
 

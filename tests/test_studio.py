@@ -101,6 +101,9 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
     assert rec["params"]["tile"] == "auto" and rec["params"]["overlap"] is None and rec["params"]["wrap"] is False
     manifest = [json.loads(x) for x in (studio["out"] / "manifest.jsonl").read_text().splitlines()]
     assert rec in manifest and (studio["out"] / "index.html").is_file()
+    # The model library of the models folder, as xurdif-library writes it, from the page's link.
+    library = urllib.request.urlopen(studio["url"] + "library", timeout=60).read().decode()
+    assert "eps-run" in library and "x0-run" in library and "not-a-model.safetensors" in library
     # One code path: the command line renders the same pixels.
     assert sample_main([model, "--prompt", "a fox", "--seed", "7", "--steps", "3", "--sampler", "ddim",
                         "--post", "contrast:1.1", "-o", str(tmp_path / "cli"), "--no-progress"]) == 0

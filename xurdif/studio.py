@@ -180,6 +180,7 @@ CSS = f"""#studio-result img, .studio-image img {{image-rendering: pixelated; ob
 .studio-entry {{border-top: 1px solid #8886; padding-top: 4px}} .studio-entry.error p {{color: #c00}}
 {COMMAND_CSS}"""
 GALLERY_ROUTE = "/gallery"
+LIBRARY_ROUTE = "/library"  # xurdif-library's page of the models folder, built afresh on each visit
 
 
 def canvas_controls(gr, d: Job) -> tuple:
@@ -228,7 +229,8 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
     history: list[str] = []  # every render since the studio started, newest first (HTML)
     with gr.Blocks(title="xurdif studio", analytics_enabled=False) as app:
         gr.Markdown(f"## xurdif studio\nModels under `{models_dir}`; images saved to `{out_dir}/` "
-                    f"([open its gallery]({GALLERY_ROUTE}/index.html), every render in the folder).",
+                    f"([open its gallery]({GALLERY_ROUTE}/index.html), every render in the folder; "
+                    f"[the model library]({LIBRARY_ROUTE}): every model with its grid, quality and lineage).",
                     elem_id="studio-header")
         with gr.Row():
             with gr.Column():
@@ -313,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Gradio serves .html files as downloads: the gallery gets a route of its own.
     server.mount(GALLERY_ROUTE, StaticFiles(directory=out, html=True), name="gallery")
+    from starlette.responses import HTMLResponse
+
+    from .library import library_html
+
+    server.add_api_route(LIBRARY_ROUTE, lambda: HTMLResponse(library_html(models)), methods=["GET"])
     print(f"xurdif studio on http://127.0.0.1:{args.port}/", flush=True)
     app.block_thread()
     return 0

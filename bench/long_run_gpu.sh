@@ -29,9 +29,10 @@ mkdir -p "$OUT_DIR"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if ! "$PY" -c "import kornia, pytorch_msssim" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    SITE="$(mktemp -d)"  # the wheels for this session only, outside the checkout
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
         || { echo "kornia / pytorch-msssim missing and .whl/ not carried"; exit 2; }
-    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+    export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 [ -d "$STUDY/train" ] && [ -d "$STUDY/heldout" ] || { echo "$STUDY/train and heldout: make them with bench/long_run.py split"; exit 2; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT_DIR/env.txt" 2>&1

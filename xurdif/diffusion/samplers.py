@@ -107,29 +107,9 @@ def ddpm(denoiser, x, timesteps, *, generator: Generator = None, callback: Callb
 def dpmpp_2m(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2) in discrete time, with
     λ = log(α/σ), α = sqrt(ᾱ), σ = sqrt(1-ᾱ). The last step (to σ = 0) is first
-    order, which lands exactly on the last x0 prediction."""
-    sched = denoiser.schedule
-    x0 = prev_x0 = None
-    h_prev = None
-    for i, (t, s) in enumerate(_steps(timesteps)):
-        x0 = _denoise(denoiser, x, t)
-        ab_t, ab_s = _ab(sched, t), _ab(sched, s)
-        if s < 0:
-            x = x0
-        else:
-            lam_t = 0.5 * math.log(ab_t / (1 - ab_t))
-            lam_s = 0.5 * math.log(ab_s / (1 - ab_s))
-            h = lam_s - lam_t
-            d = x0
-            if prev_x0 is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
-            x = math.sqrt((1 - ab_s) / (1 - ab_t)) * x - math.sqrt(ab_s) * math.expm1(-h) * d
-            h_prev = h
-        prev_x0 = x0
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
-    return x0
+    order, which lands exactly on the last x0 prediction. It is dpmpp_2m_sde without
+    noise: the same float operations, so the same bits."""
+    return dpmpp_2m_sde(denoiser, x, timesteps, generator=generator, callback=callback, eta=0.0)
 
 
 def dpmpp_2m_sde(denoiser, x, timesteps, *, generator: Generator = None, callback: Callback = None,
@@ -152,7 +132,10 @@ def dpmpp_2m_sde(denoiser, x, timesteps, *, generator: Generator = None, callbac
         else:
             h = 0.5 * math.log(ab_s / (1 - ab_s)) - 0.5 * math.log(ab_t / (1 - ab_t))
             keep = -math.expm1(-h * (1 + eta))  # the x0 share of an ODE step of (1 + eta)·h
-            d = x0 if prev_x0 is None else x0 + (x0 - prev_x0) * (h / h_prev) / 2
+            d = x0
+            if prev_x0 is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
             x = math.sqrt((1 - ab_s) / (1 - ab_t)) * math.exp(-eta * h) * x + math.sqrt(ab_s) * keep * d
             if eta > 0:
                 x = x + math.sqrt((1 - ab_s) * -math.expm1(-2 * eta * h)) * randn(x.shape, generator, x.device)

@@ -141,12 +141,37 @@ def test_model_card_front_matter(library):
     assert "xurdif-sample model.safetensors --prompt sample --n 4 -o out" in card
     assert yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])["name"] == "faces"
 
-    # A fine-tune with a licence: base_model is the model it started from.
-    recipe = Recipe(name="ft", model=dataclasses.replace(Recipe().model, init_from="faces/model.safetensors",
-                                                         license="cc-by-4.0"))
-    fm = front_matter(model_card(dataclasses.replace(meta, recipe=recipe_to_yaml(recipe)), "ft"))
-    assert fm["license"] == "cc-by-4.0" and fm["base_model"] == "faces/model.safetensors"
+    assert "## Parents" not in card  # trained from scratch
 
-    # A merge: its parents.
-    fm = front_matter(model_card(read_meta(library / "faces" / "mix.safetensors"), "mix"))
-    assert fm["base_model"] == ["model.safetensors", "b.safetensors"] and "license" not in fm
+
+def fine_tune_card(meta: ModelMeta, init_from: str) -> str:
+    recipe = Recipe(name="ft", model=dataclasses.replace(Recipe().model, init_from=init_from, license="cc-by-4.0"))
+    return model_card(dataclasses.replace(meta, recipe=recipe_to_yaml(recipe)), "ft")
+
+
+def test_model_card_base_model_is_a_hub_id_and_local_parents_are_listed(library, monkeypatch):
+    """The Hub reads base_model as a model id ("owner/name"): a local path there is an
+    error on the Hub, so local parents go into the card's body instead."""
+    meta = read_meta(library / "faces" / "model.safetensors")
+    # Fine-tuned from a Hub model: base_model is its id.
+    card = fine_tune_card(meta, "someone/faces-64")
+    fm = front_matter(card)
+    assert fm["license"] == "cc-by-4.0" and fm["base_model"] == "someone/faces-64"
+    assert "## Parents\n\n- `someone/faces-64` (Hugging Face Hub)\n" in card
+
+    # Fine-tuned from local files: no base_model, the path is in the body. A run folder named
+    # like owner/name that exists here is local too.
+    monkeypatch.chdir(library.parent)
+    for local in ("faces/model.safetensors", str(library / "faces" / "model.safetensors"), "lib/faces",
+                  "./models/x", "a/b/c"):
+        card = fine_tune_card(meta, local)
+        fm = front_matter(card)
+        assert "base_model" not in fm and fm["license"] == "cc-by-4.0", local
+        assert f"## Parents\n\n- `{local}` (local file)\n" in card
+
+    # A merge of local files: each parent with its weight in the body, none in the front matter.
+    card = model_card(read_meta(library / "faces" / "mix.safetensors"), "mix")
+    fm = front_matter(card)
+    assert "base_model" not in fm and "license" not in fm
+    assert ("## Parents\n\n- `model.safetensors`, merge weight 0.75 (local file)\n"
+            "- `b.safetensors`, merge weight 0.25 (local file)\n") in card

@@ -273,3 +273,95 @@ def test_resumed_outputs_keep_the_earlier_sessions_scalars(tmp_path):
 def test_report_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert report_main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: run folder not found\n"
+
+
+def live_page(tmp_path: Path, written: float, every: int | None = None, stale_after: int | None = None) -> Path:
+    """A live report (its run still training) written at `written`; `every` and `stale_after`
+    (seconds) shorten the page's reload interval and freshness for a browser test."""
+    import re
+
+    from xurdif.report import gather, render_html
+
+    run = tmp_path / "r"
+    run.mkdir(exist_ok=True)
+    data = gather(run, scalars={"loss/total": {10: 0.5}})
+    data.live = True
+    html = render_html([data], run / "report.html", written=written)
+    if every is not None:
+        html = re.sub(r'data-every="\d+"', f'data-every="{every}"', html)
+    if stale_after is not None:
+        html = re.sub(r'data-stale-after="\d+"', f'data-stale-after="{stale_after}"', html)
+    (run / "report.html").write_text(html)
+    return run / "report.html"
+
+
+def test_live_report_carries_its_time_and_how_to_refresh_it(tmp_path):
+    import time
+
+    from xurdif.report import gather, render_html
+    from xurdif.report.html import RELOAD_S, STALE_S
+
+    html = live_page(tmp_path, written=1_700_000_000.5).read_text()
+    assert "<script id=reload>" in html and "setInterval" not in html
+    cmd = f"xurdif-report {tmp_path / 'r'}"
+    assert (f'<p id=stale hidden data-written="1700000000500" data-every="{RELOAD_S}" '
+            f'data-stale-after="{STALE_S}" data-command="{cmd}"></p>') in html
+    assert f"Updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(1_700_000_000.5))}." in html
+    # Another output: the command names it; a final page has neither the line nor the script.
+    data = gather(tmp_path / "r", scalars={"loss/total": {10: 0.5}})
+    data.live = True
+    assert f'data-command="{cmd} -o {tmp_path / "c.html"}"' in render_html([data], tmp_path / "c.html")
+    data.live = False
+    final = render_html([data], tmp_path / "r" / "report.html")
+    assert "id=stale" not in final and "<script id=reload>" not in final
+
+
+def test_live_report_in_chromium_reloads_while_fresh_and_stops_when_stale(tmp_path):
+    """A live page whose trainer was killed (kill -9: no final page) stops reloading and says so."""
+    import re
+    import time
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    from browser import launch_chromium
+
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            errors, loads = [], []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("load", lambda: loads.append(time.time()))
+
+            # Written 12 minutes ago, reloading every second: stale, so no reload, and the line.
+            stale = live_page(tmp_path, written=time.time() - 12 * 60, every=1)
+            page.goto(stale.as_uri())
+            page.wait_for_timeout(3000)
+            assert len(loads) == 1
+            line = page.locator("#stale")
+            assert line.is_visible()
+            text = line.inner_text()
+            assert re.fullmatch(r"No update since \d\d:\d\d \(12 min ago\): the run seems to have stopped\. "
+                                rf"Run xurdif-report {re.escape(str(tmp_path / 'r'))} to refresh\.", text), text
+            assert page.inner_text("#live") == "Not reloading: no update for a while."
+
+            # Written just now: it reloads (every second here) and shows no such line.
+            loads.clear()
+            fresh = live_page(tmp_path, written=time.time(), every=1, stale_after=600)
+            page.goto(fresh.as_uri())
+            page.wait_for_timeout(3500)
+            assert len(loads) >= 2
+            assert not page.locator("#stale").is_visible()
+            assert page.inner_text("#live").startswith("Training: this page reloads every")
+
+            # A fresh page that turns stale while open: the next tick stops instead of reloading.
+            loads.clear()
+            page.goto(live_page(tmp_path, written=time.time(), every=1, stale_after=2).as_uri())
+            page.wait_for_timeout(5000)
+            assert page.locator("#stale").is_visible() and "(0 min ago)" in page.inner_text("#stale")
+            n = len(loads)
+            page.wait_for_timeout(2000)
+            assert len(loads) == n
+            assert errors == []
+        finally:
+            browser.close()

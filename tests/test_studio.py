@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from io import BytesIO
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import launch_chromium
 from tiny_model import save_tiny_model
 from xurdif.render.cli import main as sample_main
 from xurdif.render.outputs import read_record
@@ -25,10 +25,6 @@ from xurdif.render.outputs import read_record
 pytest.importorskip("gradio", reason="the studio extra is not installed: pip install -e '.[studio]'")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("XURDIF_CHROMIUM", "/usr/bin/chromium")
-# Without the background-networking flags Chromium keeps calling out to a closed network.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def free_port() -> int:
@@ -125,14 +121,6 @@ def test_gradio_client_renders_like_the_command_line(studio, tmp_path):
     assert gallery == [] and message == "Error: size must be WIDTHxHEIGHT (e.g. 96x64) or one number, got 'abc'"
 
 
-def launch_chromium(p):
-    if not Path(CHROMIUM).exists():
-        print(f"SKIPPED browser test: {CHROMIUM} not installed (apt-get install chromium)")
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    return p.chromium.launch_persistent_context(tempfile.mkdtemp(prefix="xurdif-chromium-"), executable_path=CHROMIUM,
-                                                args=CHROMIUM_FLAGS, headless=True)
-
-
 def history_entries(page) -> list[str]:
     return page.locator("#studio-history section").all_inner_texts()
 
@@ -218,3 +206,60 @@ def test_browser_picks_a_model_renders_keeps_history_and_copies_commands(studio,
     assert sample_main(cmd[1:] + ["--no-progress"]) == 0
     again = next((tmp_path / "rerender").glob("*/11.png"))
     assert np.array_equal(pixels(again), pixels(tiled))
+
+
+def test_stop_ends_the_render_in_the_background(studio, tmp_path):
+    """Stop (here a client's cancel, as the page's Stop button does) stops the sampler at its
+    next step: nothing of the batch is written, the history says "stopped", and the next
+    render runs at once (uncancelled, the long render takes minutes)."""
+    from gradio_client import Client
+
+    client = Client(studio["url"], verbose=False, download_files=str(tmp_path / "dl"))
+    model = str(studio["models"] / "eps-run" / "model.safetensors")
+    job = client.submit(*form(model, prompt="a long render", n=64, steps=1000, post=""), api_name="/render")
+    deadline = time.time() + 60
+    running = ("PROCESSING", "PROGRESS")  # PROGRESS: the render's progress bar is up
+    while job.status().code.name not in running and time.time() < deadline:
+        time.sleep(0.2)
+    assert job.status().code.name in running
+    time.sleep(3)  # loading the model, then sampling the first batch
+    job.cancel()
+    stopped_at = time.time()
+    gallery, message, history = client.predict(*form(model, prompt="after the stop"), api_name="/render")
+    assert time.time() - stopped_at < 60, "the stopped render went on in the background"
+    assert len(gallery) == 1 and message.startswith("Saved 1 image(s)")
+    first, second = history.split("<section")[1:3]
+    assert "after the stop" in first and 'class="studio-entry stopped"' in second and "a long render" in second
+    assert "Stopped: the render was stopped; 0 image(s) of it were finished and kept." in second
+    assert "Traceback" not in history and "Error" not in second
+    time.sleep(3)
+    folder = next(studio["out"].glob("*-a-long-render"), None)
+    assert folder is None or not list(folder.glob("*.png"))
+    assert "Traceback" not in (studio["tmp"] / "server.log").read_text()
+
+
+def test_rerender_command_has_absolute_paths_with_a_relative_init(tmp_path, monkeypatch):
+    """The command shown for an image rendered from a relative init path works from any folder."""
+    from xurdif.studio import history_entry, render_once
+
+    model = save_tiny_model(tmp_path / "models" / "m" / "model.safetensors")
+    work = tmp_path / "work"
+    (work / "images").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+        work / "images" / "init.png")
+    monkeypatch.chdir(work)
+    job_args = dict(prompt="from an init", n=1, seed="5", sampler="ddim", spacing="auto", steps=4, size="",
+                    init="images/init.png", strength=0.5, eta=0.0, noise_mult=1.0, post="", tile="auto",
+                    overlap=None, wrap=False)
+    images, text, records = render_once(str(model), Path("out"), "cpu", job_args, {}, progress=False)
+    assert text.startswith("Saved 1 image(s)"), text
+    entry = history_entry(1, "from an init", text, records)
+    cmd = shlex.split(entry.split("<pre><code>")[1].split("</code>")[0].replace("&#x27;", "'").replace("&quot;", '"'))
+    assert cmd[cmd.index("--init") + 1] == str(work / "images" / "init.png")
+    assert Path(cmd[1]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert sample_main(cmd[1:] + ["--no-progress"]) == 0
+    assert np.array_equal(pixels(next((elsewhere / "rerender").glob("*/5.png"))), pixels(Path(images[0][0]) if
+                          Path(images[0][0]).is_absolute() else work / images[0][0]))

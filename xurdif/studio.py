@@ -6,10 +6,12 @@ metadata and manifest line, then OUT/index.html is rebuilt. No second code path.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from html import escape
@@ -25,7 +27,7 @@ from .sampling.defaults import AUTO
 from .render.gallery import COMMAND_CSS, command_html, params_text, rerender_command, write_gallery
 from .render.jobs import Job, JobError, make_job
 from .render.outputs import read_record
-from .render.run import render
+from .render.run import Cancelled, render
 from .weights import read_meta, resolve_model_path
 
 EPILOG = """\
@@ -145,27 +147,34 @@ def history_entry(number: int, prompt: str, message_text: str, records: list[tup
         f'alt="seed {rec["seed"]}"></a><figcaption><b>seed {rec["seed"]}</b> · '
         f'{escape(params_text(rec["params"]))} · {escape(tiles_text(rec["params"].get("tiles")))}'
         f'{command_html(rerender_command(rec))}</figcaption></figure>' for path, rec in records)
-    kind = "error" if message_text.startswith("Error") else "ok"
+    kind = "error" if message_text.startswith("Error") else "stopped" if message_text.startswith("Stopped") else "ok"
     return (f'<section class="studio-entry {kind}" data-render="{number}"><h4>#{number} · {escape(prompt)} · '
             f'{time.strftime("%H:%M:%S")}</h4><p>{escape(message_text)}</p>{cards}</section>')
 
 
 def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance: dict,
-                progress: bool = True) -> tuple[list[tuple[str, str]], str, list[tuple[Path, dict]]]:
+                progress: bool = True, cancel: threading.Event | None = None
+                ) -> tuple[list[tuple[str, str]], str, list[tuple[Path, dict]]]:
     """(images as (path, caption), message, (path, record) of each image). Bad input is the
-    message, never a traceback."""
-    try:
-        model_path = resolve_model_path(model or "")
-        job = make_studio_job(**job_args, guidance=guidance, index=next_index(out_dir))
-        result = render(model_path, [job], out_dir, device=device, progress=progress)
-    except (FileNotFoundError, JobError, ValueError, OSError, RuntimeError) as e:
-        return [], message(f"Error: {e}"), []
-    write_gallery(out_dir, result.failures)
-    if result.failures:
-        return [], message("Error: " + "; ".join(result.failures)), []
+    message, never a traceback; a render stopped by `cancel` says "Stopped: ..."."""
     from .render.outputs import job_dir_name
     from .render.plan import outputs_of
 
+    job = None
+    try:
+        model_path = resolve_model_path(model or "")
+        job = make_studio_job(**job_args, guidance=guidance, index=next_index(out_dir))
+        result = render(model_path, [job], out_dir, device=device, progress=progress, cancel=cancel)
+    except (FileNotFoundError, JobError, ValueError, OSError, RuntimeError) as e:
+        return [], message(f"Error: {e}"), []
+    except Cancelled:
+        # The batch in flight is dropped; batches finished before the stop stay on disk.
+        kept = sorted((out_dir / job_dir_name(job.index, job.prompt)).glob("*.png")) if job else []
+        write_gallery(out_dir, [])
+        return [], f"Stopped: the render was stopped; {len(kept)} image(s) of it were finished and kept.", []
+    write_gallery(out_dir, result.failures)
+    if result.failures:
+        return [], message("Error: " + "; ".join(result.failures)), []
     folder = out_dir / job_dir_name(job.index, job.prompt)
     records = [(out_dir / o.rel, read_record(out_dir / o.rel)) for o in outputs_of(job)]
     images = [(str(path), f"seed {rec['seed']}") for path, rec in records]
@@ -178,6 +187,7 @@ CSS = f"""#studio-result img, .studio-image img {{image-rendering: pixelated; ob
 .studio-image {{margin: 4px 0; display: flex; gap: 8px; align-items: flex-start}}
 .studio-image figcaption {{flex: 1; min-width: 0; font-size: 12px}}
 .studio-entry {{border-top: 1px solid #8886; padding-top: 4px}} .studio-entry.error p {{color: #c00}}
+.studio-entry.stopped p {{color: #a60}}
 {COMMAND_CSS}"""
 GALLERY_ROUTE = "/gallery"
 LIBRARY_ROUTE = "/library"  # xurdif-library's page of the models folder, built afresh on each visit
@@ -227,6 +237,10 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
     d = Job()
     choices = lambda: [(m.label, str(m.path)) for m in list_models(models_dir)]
     history: list[str] = []  # every render since the studio started, newest first (HTML)
+    # One render at a time, in a worker thread: a new render waits for a stopped one to end
+    # (within one sampler step). Stop sets the running render's event.
+    busy = threading.Lock()
+    running: dict[str, threading.Event | None] = {"cancel": None}
     with gr.Blocks(title="xurdif studio", analytics_enabled=False) as app:
         gr.Markdown(f"## xurdif studio\nModels under `{models_dir}`; images saved to `{out_dir}/` "
                     f"([open its gallery]({GALLERY_ROUTE}/index.html), every render in the folder; "
@@ -260,16 +274,35 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
         def history_html() -> str:  # data-count: the page has it (a reload too)
             return f'<div data-count={len(history)}>{"".join(history) or "<p>No renders yet.</p>"}</div>'
 
-        def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v, noise_v,
-                eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, tile_v="auto", overlap_v=None, wrap_v=False,
-                progress=gr.Progress(track_tqdm=True)):
+        def work(model_v: str, prompt_v: str, job_args: dict, guidance: dict, cancel: threading.Event):
+            with busy:
+                running["cancel"] = cancel
+                try:
+                    images, text, records = render_once(model_v, out_dir, device, job_args, guidance, cancel=cancel)
+                finally:
+                    running["cancel"] = None
+                history.insert(0, history_entry(len(history) + 1, prompt_v, text, records))
+                return images, text, history_html()
+
+        async def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v,
+                      noise_v, eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, tile_v="auto", overlap_v=None,
+                      wrap_v=False, progress=gr.Progress(track_tqdm=True)):
             job_args = dict(prompt=prompt_v, n=n_v or 1, seed=seed_v, sampler=sampler_v, spacing=spacing_v,
                             steps=steps_v, size=size_v, init=init_v, strength=strength_v, eta=eta_v,
                             noise_mult=noise_v, post=post_v or "", tile=tile_v, overlap=overlap_v, wrap=wrap_v)
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
-            images, text, records = render_once(model_v, out_dir, device, job_args, guidance)
-            history.insert(0, history_entry(len(history) + 1, prompt_v, text, records))
-            return images, text, history_html()
+            cancel = threading.Event()
+            try:
+                return await asyncio.to_thread(work, model_v, prompt_v, job_args, guidance, cancel)
+            except asyncio.CancelledError:
+                # Stop (the button, or a client's cancel) abandons the event; the sampler in the
+                # worker thread stops at its next step and the history records it as stopped.
+                cancel.set()
+                raise
+
+        def stop_render():
+            if (cancel := running["cancel"]) is not None:
+                cancel.set()
 
         refresh.click(lambda: gr.Dropdown(choices=choices()), None, model, api_name=False)
         model.change(model_info, model, info, api_name=False)
@@ -277,7 +310,7 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
         rendering = go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult,
                                    eta, *guides, post, tile, overlap, wrap],
                              [gallery, message, shown], api_name="render")
-        stop.click(None, None, None, cancels=[rendering], api_name=False)
+        stop.click(stop_render, None, None, cancels=[rendering], api_name=False, queue=False)
     return app
 
 

@@ -8,6 +8,7 @@ uninterrupted run rendered, so every pixel is the same.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,23 @@ from .interrupt import stop_on_sigint
 from .jobs import Job
 from .merged import MergedModels
 from .plan import Model, Task, batches, make_plan, outputs_of, record
+
+
+class Cancelled(Exception):
+    """The render was stopped from outside (render's `cancel` event set): raised from the
+    sampler's per-step callback, so the batch in flight stops within one step and nothing
+    of it is written. Not a RuntimeError: a batch failure would let the next batch run."""
+
+
+def cancel_callback(cancel: threading.Event | None):
+    """The sampler's per-step callback that raises Cancelled once `cancel` is set."""
+    if cancel is None:
+        return None
+
+    def check(_state: dict) -> None:
+        if cancel.is_set():
+            raise Cancelled("stopped")
+    return check
 
 
 @dataclass
@@ -45,6 +63,7 @@ class Sampler:
     batch_size: int  # images per sampler call, and tiles per network call
     precision: str
     clip_cache: dict = field(default_factory=dict)  # CLIP models loaded once for all guided jobs
+    cancel: threading.Event | None = None  # set: the sampler raises Cancelled at its next step
 
     def __call__(self, batch: list[Task]) -> torch.Tensor:
         merge = batch[0].plan.job.merge
@@ -52,10 +71,12 @@ class Sampler:
         autocast = (torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
                     if self.precision == "bf16" else contextlib.nullcontext())
         with autocast:
-            return sample_batch(den, batch, self.device, self.clip_cache, self.batch_size)
+            return sample_batch(den, batch, self.device, self.clip_cache, self.batch_size,
+                                cancel_callback(self.cancel))
 
 
-def sample_batch(den: Denoiser, batch: list[Task], device, clip_cache: dict, tile_batch: int) -> torch.Tensor:
+def sample_batch(den: Denoiser, batch: list[Task], device, clip_cache: dict, tile_batch: int,
+                 callback=None) -> torch.Tensor:
     """One sampler call for images that share everything but their seeds (plan.batch_key):
     [N, 3, H, W] in [0, 1], postprocessed."""
     p = batch[0].plan
@@ -73,7 +94,7 @@ def sample_batch(den: Denoiser, batch: list[Task], device, clip_cache: dict, til
         base = build_guided_denoiser(base, p.guides, p.job.prompt, device, cache=clip_cache)
     x0 = sample(base, (len(batch), 3, h, w), generator=gens, init=init,
                 strength=p.job.strength if init is not None else 1.0, noise_mult=p.job.noise_mult,
-                device=device, **p.sampling.sample_args())
+                device=device, callback=callback, **p.sampling.sample_args())
     imgs = den.to_image(x0.float()).cpu()
     # Postprocessing differs per job inside a batch; grain continues each image's generator.
     return torch.stack([apply_chain(img[None], t.plan.post, [g])[0] for t, img, g in zip(batch, imgs, gens)])
@@ -82,17 +103,19 @@ def sample_batch(den: Denoiser, batch: list[Task], device, clip_cache: dict, til
 def render(model: str | Path, jobs: list[Job], out_dir: str | Path, *, weights: str = "ema",
            batch_size: int = 8, device: str | torch.device = "cpu", overwrite: bool = False,
            presets: dict[str, str] | None = None, precision: str = "fp32",
-           progress: bool = True) -> Result:
+           progress: bool = True, cancel: threading.Event | None = None) -> Result:
     """Render every job into out_dir, skipping finished images. One renderer per folder:
-    FolderBusy (one line naming the holder) while another holds it."""
+    FolderBusy (one line naming the holder) while another holds it. Setting `cancel` (from
+    another thread) stops the sampler within a step: Cancelled is raised, the batch in
+    flight is not written (the batches before it are)."""
     with folder_lock(out_dir, "renderer", inside=True):
         return _render(model, jobs, Path(out_dir), weights=weights, batch_size=batch_size, device=device,
-                       overwrite=overwrite, presets=presets, precision=precision, progress=progress)
+                       overwrite=overwrite, presets=presets, precision=precision, progress=progress, cancel=cancel)
 
 
 def _render(model: str | Path, jobs: list[Job], out_dir: Path, *, weights: str, batch_size: int,
             device: str | torch.device, overwrite: bool, presets: dict[str, str] | None, precision: str,
-            progress: bool) -> Result:
+            progress: bool, cancel: threading.Event | None = None) -> Result:
     model_path = resolve_model_path(model)
     den, meta = load_denoiser(model_path, weights, device)
     sha = model_sha256(model_path)
@@ -108,7 +131,8 @@ def _render(model: str | Path, jobs: list[Job], out_dir: Path, *, weights: str, 
         outputs.rewrite_manifest(out_dir, done.values())
     result = Result(skipped=sum(1 for t in plan.tasks if t.rel in done), failures=plan.failures)
     todo = [b for b in batches(plan.tasks, batch_size) if any(t.rel not in done for t in b)]
-    write_batches(todo, Sampler(models, device, batch_size, precision), out_dir, sha, done, result, progress)
+    write_batches(todo, Sampler(models, device, batch_size, precision, cancel=cancel), out_dir, sha, done, result,
+                  progress)
     result.contact_sheets = contact_sheets(out_dir, jobs, done)
     return result
 
@@ -121,6 +145,8 @@ def write_batches(todo: list[list[Task]], sampler: Sampler, out_dir: Path, sha: 
     bar = tqdm(total=total, unit="img", desc="rendering", disable=not progress, dynamic_ncols=True)
     with stop_on_sigint() as flag, bar:
         for batch in todo:
+            if (cancel := getattr(sampler, "cancel", None)) is not None and cancel.is_set():
+                raise Cancelled("stopped")
             if flag["stop"]:
                 result.interrupted = True
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from html import escape
 from pathlib import Path
@@ -34,9 +35,14 @@ td,th{padding:2px 10px;text-align:left;border-bottom:1px solid #eee}td.n{text-al
 .timeline figure{margin:0}.cols{display:flex;gap:16px}figure img{image-rendering:pixelated}.timeline img{image-rendering:pixelated;max-width:520px;width:100%}
 pre{background:#f6f6f6;padding:8px;overflow:auto;max-height:40em}.meta{color:#666}
 img.zoom{cursor:zoom-in}dialog.zoom{padding:4px;border:0;max-width:98vw;max-height:98vh;overflow:auto}
-dialog.zoom img{image-rendering:pixelated;display:block;cursor:zoom-out}dialog.zoom::backdrop{background:#000c}"""
+dialog.zoom img{image-rendering:pixelated;display:block;cursor:zoom-out}dialog.zoom::backdrop{background:#000c}
+#stale{color:#a40;font-weight:bold}"""
 # How often a live report reloads itself; written only while the run trains.
 RELOAD_S = 30
+# A live page written longer ago than this stops reloading: its trainer was killed (kill -9,
+# power cut) before it could write the final page. The trainer rewrites it at every log
+# interval, grid and checkpoint; the margin covers a slow evaluation or grid in between.
+STALE_S = 3 * RELOAD_S + 60
 # Time left from the speed over this many log steps, not the last one alone.
 SPEED_WINDOW = 8
 
@@ -69,9 +75,30 @@ for (const img of document.querySelectorAll('img.zoom')) img.parentElement.addEv
   big.src = img.src;
 });"""
 
-# While the run trains: reload now and then, keeping the scroll position; not while a grid is open.
-RELOAD_JS = f"""setInterval(() => {{ if (!document.querySelector('dialog[open]')) location.reload(); }},
-            {RELOAD_S * 1000});"""
+# While the run trains: reload now and then, keeping the scroll position; not while a grid is
+# open. Only while the page is fresh (#stale's data-written, ms since the epoch, less than
+# data-stale-after seconds ago): a page whose trainer died stops and says so instead.
+RELOAD_JS = """(() => {
+  const line = document.getElementById('stale'), d = line.dataset;
+  const written = Number(d.written), every = Number(d.every) * 1000, staleAfter = Number(d.staleAfter) * 1000;
+  const fresh = () => Date.now() - written < staleAfter;
+  const two = n => String(n).padStart(2, '0');
+  const stop = () => {
+    const at = new Date(written), now = new Date(), min = Math.max(0, Math.round((now - at) / 60000));
+    const ago = min < 90 ? `${min} min` : min < 2880 ? `${Math.round(min / 60)} h` : `${Math.round(min / 1440)} days`;
+    const day = at.toDateString() === now.toDateString() ? ''
+      : `${at.getFullYear()}-${two(at.getMonth() + 1)}-${two(at.getDate())} `;
+    line.textContent = `No update since ${day}${two(at.getHours())}:${two(at.getMinutes())} (${ago} ago): ` +
+      `the run seems to have stopped. Run ${d.command} to refresh.`;
+    line.hidden = false;
+    document.getElementById('live').textContent = 'Not reloading: no update for a while.';
+  };
+  const tick = () => {
+    if (!fresh()) return stop();
+    if (document.querySelector('dialog[open]')) setTimeout(tick, every); else location.reload();
+  };
+  if (fresh()) setTimeout(tick, every); else stop();
+})();"""
 
 
 def tag_order(tag: str) -> tuple[int, str]:
@@ -268,7 +295,23 @@ def scalars_json(runs: list[RunData]) -> str:
     return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
 
 
-def render_html(runs: list[RunData], out_path: Path) -> str:
+def refresh_command(runs: list[RunData], out_path: Path) -> str:
+    """The xurdif-report line that rebuilds this page."""
+    args = ["xurdif-report", *(str(r.run_dir) for r in runs)]
+    if len(runs) != 1 or Path(out_path).resolve() != (Path(runs[0].run_dir) / "report.html").resolve():
+        args += ["-o", str(out_path)]
+    return shlex.join(args)
+
+
+def stale_line(runs: list[RunData], out_path: Path, written: float) -> str:
+    """Hidden until RELOAD_JS finds the page stale; carries what the script needs."""
+    return (f'<p id=stale hidden data-written="{int(written * 1000)}" data-every="{RELOAD_S}" '
+            f'data-stale-after="{STALE_S}" data-command="{escape(refresh_command(runs, out_path))}"></p>')
+
+
+def render_html(runs: list[RunData], out_path: Path, written: float | None = None) -> str:
+    """The page; `written` (seconds since the epoch, default now) is when it says it was written."""
+    written = time.time() if written is None else written
     out_dir = Path(out_path).parent
     names = ", ".join(r.name for r in runs)
     heading = f"Run {names}" if len(runs) == 1 else f"Runs compared: {names}"
@@ -277,8 +320,9 @@ def render_html(runs: list[RunData], out_path: Path) -> str:
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>{escape(heading)}</title><style>{CSS}</style></head>
 <body><h1>{escape(heading)}</h1>
-<p class=meta>Updated {time.strftime('%Y-%m-%d %H:%M:%S')}. <span id=live>{state}</span>
+<p class=meta>Updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(written))}. <span id=live>{state}</span>
 Rebuild with <code>xurdif-report</code>.</p>
+{stale_line(runs, out_path, written) if live else ""}
 <p id=progress>{" · ".join(escape(f"{r.name}: " if len(runs) > 1 else "") + progress(r) for r in runs)}</p>
 {summary(runs)}
 <h2>Curves</h2>{plots(runs)}

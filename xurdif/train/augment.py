@@ -18,6 +18,7 @@ import math
 from typing import Sequence
 
 import kornia
+import numpy as np
 import torch
 
 from ..recipe import AugmentCfg
@@ -40,27 +41,31 @@ def draw_params(cfg: AugmentCfg, seed: int, positions: Sequence[int], size: int)
     Every kind draws its coin and value in a fixed order whether or not it is
     enabled, so switching one kind off does not change the others' draws."""
     rows = []
+    # The coins and values are read to the host once per sample (tolist) and compared and scaled
+    # in float32 as numpy does it, which is how torch computed them on the 0-dim tensors before:
+    # the same labels, without a dozen indexing and comparison operations per sample.
+    p32 = np.float32(cfg.p)
     for p in positions:
         g = torch.Generator().manual_seed(derive_seed(seed, "nonleaky-augment", p))
-        u = torch.rand(12, generator=g)  # coins and uniform values
-        n = torch.randn(4, generator=g)  # normal values
-        on = [bool(u[i] < cfg.p) for i in range(6)]
+        u = torch.rand(12, generator=g).tolist()  # coins and uniform values
+        n = torch.randn(4, generator=g).tolist()  # normal values
+        on = [bool(np.float32(u[i]) < p32) for i in range(6)]
         row = [0.0] * AUG_DIM
         if cfg.xflip and on[0]:
             row[0] = 1.0
         if cfg.yflip and on[1]:
             row[1] = 1.0
         if cfg.rotate90 and on[2]:
-            k = 1 + int(u[6] * 3)  # 90, 180 or 270 degrees
+            k = 1 + int(np.float32(u[6]) * np.float32(3))  # 90, 180 or 270 degrees
             row[2], row[3] = round(math.cos(k * math.pi / 2)) - 1.0, float(round(math.sin(k * math.pi / 2)))
         if cfg.translate > 0 and on[3]:
             max_px = max(1, int(cfg.translate * size))
-            row[4] = round((u[7].item() * 2 - 1) * max_px) / size
-            row[5] = round((u[8].item() * 2 - 1) * max_px) / size
+            row[4] = round((u[7] * 2 - 1) * max_px) / size
+            row[5] = round((u[8] * 2 - 1) * max_px) / size
         if cfg.scale > 0 and on[4]:
-            row[6] = float(n[0]) * cfg.scale
+            row[6] = n[0] * cfg.scale
         if cfg.color and on[5]:
-            row[7], row[8], row[9] = float(n[1]) * 0.2, float(n[2]) * 0.5, float(n[3]) * 1.0
+            row[7], row[8], row[9] = n[1] * 0.2, n[2] * 0.5, n[3] * 1.0
         rows.append(row)
     return torch.tensor(rows, dtype=torch.float32)
 

@@ -36,22 +36,28 @@ def make_ema(net: torch.nn.Module) -> torch.nn.Module:
     return ema
 
 
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+def _float_pairs(ema: torch.nn.Module, net: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The EMA's floating tensors and the network's beside them, as fp32. Called under no_grad, where
+    the network's parameters need no detach(), and fp32 ones no cast: each of those would be one
+    more dispatched operation per tensor and step (bench/op_count.py)."""
     e = list(ema.parameters()) + list(ema.buffers())
     n = list(net.parameters()) + list(net.buffers())
     floats = [(a, b) for a, b in zip(e, n) if a.dtype.is_floating_point]
-    torch._foreach_lerp_([a for a, _ in floats], [b.detach().float() for _, b in floats], 1 - decay)
+    return [a for a, _ in floats], [b if b.dtype == torch.float32 else b.float() for _, b in floats]
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    mine, theirs = _float_pairs(ema, net)
+    torch._foreach_lerp_(mine, theirs, 1 - decay)
 
 
 @torch.no_grad()
 def update_ema_if(ema: torch.nn.Module, net: torch.nn.Module, decay: float, finite: torch.Tensor) -> None:
     """update_ema where the 0-dim bool tensor `finite` holds, else nothing; decided on the
     device, so the host never waits for the flag."""
-    e = list(ema.parameters()) + list(ema.buffers())
-    n = list(net.parameters()) + list(net.buffers())
-    floats = [(a, b) for a, b in zip(e, n) if a.dtype.is_floating_point]
+    mine, theirs = _float_pairs(ema, net)
     weight = torch.where(finite, 1.0 - decay, 0.0).to(torch.float32)
-    deltas = torch._foreach_sub([b.detach().float() for _, b in floats], [a for a, _ in floats])
+    deltas = torch._foreach_sub(theirs, mine)
     torch._foreach_mul_(deltas, weight)
-    torch._foreach_add_([a for a, _ in floats], deltas)
+    torch._foreach_add_(mine, deltas)

@@ -1,0 +1,209 @@
+"""Count the aten operations one ordinary training step dispatches (xurdif.train.loop.Trainer.step).
+
+Every aten operation is at least one kernel launch on a GPU, so this count, taken on the CPU,
+says how launch-bound a small network's step is there: at 64 px and batch 4 a tiny U-Net's
+kernels take microseconds each, and the step's time is the number of launches times the
+launch cost. The count does not depend on the device (the same Python code dispatches the
+same operations), so the CPU measures what a GPU would launch.
+
+    .venv/bin/python bench/op_count.py [--presets tiny small base] [--size 64] [--batch 4]
+        [--warmup 3] [--top 12] [--detail] [--recipe recipes/small-data.yaml] [--set key=value ...] [--json out.json]
+
+What runs: a real Trainer built from the recipe (by default recipes/small-data.yaml: x0
+prediction, edge-L1 1.0 + SSIM 0.2, augment.p 0.5, batch 4) on the test fixture's 32
+emoji (tests/fixtures/emoji-faces-32, resized to --size), with only the preset, size, batch
+and step count changed; --warmup ordinary steps first (lazy initialisation, the optimizer's
+state), then one step counted under a TorchDispatchMode, which sees every aten operation
+the step dispatches, forward, backward (autograd's engine runs under the mode too) and
+optimizer alike.
+
+The table per preset: the total and where the operations come from, by the part of the step
+that dispatched them:
+  batch       the micro-batch: images to the device, augmentation, noise levels
+  noise       draws.noise (the batch's N(0, 1) noise)
+  net fwd     the network's forward (Model.denoise)
+  loss        the loss terms (xurdif.diffusion.losses.loss_terms: edge-L1, SSIM, ...) and
+              the prediction maps around them (Loss.__call__ outside the network)
+  backward    autograd through network and loss
+  clip        the gradient norm and clipping (accelerate's clip_grad_norm_)
+  optimizer   AdamW's step and zero_grad
+  ema         the EMA update (Model.update_emas)
+  other       the rest of Trainer.step (statistics, learning rate, non-finite counter)
+and the most frequent operation names. "kernels" leaves out the views (detach, view, t,
+transpose, select, ...: operations whose schema says they alias their input, and a few
+splits), which make a tensor header and launch nothing on a GPU; the issue's count is "ops",
+all of them. --json writes the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PARTS = ("batch", "noise", "net fwd", "loss", "backward", "clip", "optimizer", "ema", "other")
+# Operations that only make a new tensor header over the same memory (besides those whose schema
+# says they alias their input, func.is_view): a GPU launches no kernel for them.
+METADATA = {"_unsafe_view", "split", "unbind", "split_with_sizes", "chunk", "_reshape_alias"}
+FIXTURE = ROOT / "tests" / "fixtures" / "emoji-faces-32"
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten operations by (part of the step, operation name). `part` is set by the
+    wrappers that `instrument` puts around the step's pieces."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+        self.views: set[str] = set()  # names of the views among them (no kernel on a GPU)
+        self.part = "other"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+        self.ops[(self.part, name)] += 1
+        if getattr(func, "is_view", False) or name in METADATA:
+            self.views.add(name)
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def within(self, part: str):
+        before, self.part = self.part, part
+        try:
+            yield
+        finally:
+            self.part = before
+
+    def wrap(self, fn, part: str):
+        def wrapped(*args, **kwargs):
+            with self.within(part):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    def total(self, part: str | None = None, kernels: bool = False) -> int:
+        """Operations of `part` (None: all); kernels: without views (no kernel on a GPU)."""
+        return sum(n for (p, name), n in self.ops.items()
+                   if (part is None or p == part) and not (kernels and name in self.views))
+
+    def names(self, part: str | None = None) -> collections.Counter:
+        c: collections.Counter = collections.Counter()
+        for (p, name), n in self.ops.items():
+            if part is None or p == part:
+                c[name] += n
+        return c
+
+
+def instrument(trainer, counter: OpCounter) -> contextlib.ExitStack:
+    """Wrap the step's pieces so that each operation is counted under its part. Undone on exit."""
+    from xurdif.train import batch as batch_mod
+
+    stack = contextlib.ExitStack()
+    m, acc = trainer.model, trainer.acc
+
+    def patch(obj, name, part):
+        real = getattr(obj, name)
+        had = name in vars(obj) if hasattr(obj, "__dict__") else False
+        setattr(obj, name, counter.wrap(real, part))
+
+        def undo():
+            if had:
+                setattr(obj, name, real)
+            else:
+                delattr(obj, name)
+        stack.callback(undo)
+
+    patch(trainer, "micro_batch", "batch")
+    patch(batch_mod.draws, "noise", "noise")
+    # Loss.__call__ is looked up on the class: wrap the instance's call through the trainer.
+    real_loss = trainer.loss
+    trainer.loss = counter.wrap(real_loss, "loss")
+    stack.callback(lambda: setattr(trainer, "loss", real_loss))
+    patch(m, "denoise", "net fwd")
+    patch(acc, "backward", "backward")
+    patch(acc, "clip_grad_norm_", "clip")
+    patch(m.opt, "step", "optimizer")
+    patch(m.opt, "zero_grad", "optimizer")
+    patch(m, "update_emas", "ema")
+    return stack
+
+
+def make_trainer(recipe_path: Path, preset: str, size: int, batch: int, out: Path, extra: list[str]):
+    from accelerate.state import AcceleratorState
+
+    from xurdif.recipe import load_recipe
+    from xurdif.train.loop import Trainer, make_accelerator
+    from xurdif.train.outputs import RunOutputs
+
+    AcceleratorState._reset_state(True)
+    recipe = load_recipe(recipe_path, [
+        f"data.path={FIXTURE}", f"data.size={size}", f"model.preset={preset}", f"train.batch_size={batch}",
+        f"train.output_dir={out}", "train.steps=1000", "train.time=null", "log.every_steps=1000",
+        "samples.every_steps=0", "checkpoint.every_steps=1000", *extra])
+    acc = make_accelerator(recipe)
+    return Trainer(recipe, acc, RunOutputs(recipe, recipe.run_dir, True))
+
+
+def count_step(trainer, warmup: int = 3) -> OpCounter:
+    """The operations of one ordinary step after `warmup` steps."""
+    for _ in range(warmup):
+        trainer.step()
+    counter = OpCounter()
+    with instrument(trainer, counter), counter:
+        trainer.step()
+    return counter
+
+
+def table(name: str, c: OpCounter, top: int, detail: bool = False) -> str:
+    lines = [f"{name}: {c.total()} aten operations in one step, {c.total(kernels=True)} of them not views",
+             f"  {'part':<10} {'ops':>6} {'kernels':>8}"]
+    for p in PARTS:
+        if c.total(p):
+            names = ", ".join(f"{k} {n}" for k, n in c.names(p).most_common(top)) if detail else ""
+            lines.append(f"  {p:<10} {c.total(p):>6} {c.total(p, True):>8}  {names}".rstrip())
+    lines.append("  top operations: " + ", ".join(f"{k} {n}" for k, n in c.names().most_common(top)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small", "base"])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "small-data.yaml")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides")
+    ap.add_argument("--detail", action="store_true", help="the top operations of each part too")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in a.presets:
+            trainer = make_trainer(a.recipe, preset, a.size, a.batch, Path(tmp) / preset, a.set)
+            c = count_step(trainer, a.warmup)
+            print(table(f"{preset} {a.size}px batch {a.batch}", c, a.top, a.detail), flush=True)
+            results[preset] = {"total": c.total(), "kernels": c.total(kernels=True),
+                               "parts": {p: c.total(p) for p in PARTS},
+                               "kernel_parts": {p: c.total(p, True) for p in PARTS},
+                               "top": dict(c.names().most_common(a.top)),
+                               "by_part": {p: dict(c.names(p)) for p in PARTS if c.total(p)}}
+            del trainer
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

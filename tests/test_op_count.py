@@ -1,0 +1,42 @@
+"""The aten operations one ordinary training step dispatches (bench/op_count.py): each is at
+least one kernel launch on a GPU, where a small network's step is launch-bound, so their
+number is the CPU-side measure of that step's cost. And the loss builds no constant kernel
+on an ordinary step (the CPU proxy of tests/test_cuda.py's host-sync test for edge-L1 + SSIM:
+on a GPU each was a host-to-device copy that waits)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import op_count  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "small-data.yaml"  # x0, edge-L1 1.0 + SSIM 0.2, augment.p 0.5, batch 4
+# tiny at 16 px, batch 4, small-data.yaml's loss: 1,750 operations before the loss's kernels were
+# cached and the EMA, the augmentation draws and the step statistics lost their per-tensor
+# operations, 1,472 after (bench/op_count.py --presets tiny --size 16). The bound leaves ~10 %.
+# (The issue's target, half of BEFORE, is not met: the network's forward and backward alone
+# dispatch ~1,090 of them.)
+BEFORE, AFTER = 1750, 1472
+BOUND = int(AFTER * 1.1)
+# Operations that make a tensor from host data or from nothing: a constant built in the loss.
+FACTORIES = {"lift_fresh", "lift_fresh_copy", "arange", "linspace", "full", "scalar_tensor", "empty", "zeros",
+             "ones", "tensor", "randn", "rand"}
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    trainer = op_count.make_trainer(RECIPE, "tiny", 16, 4, tmp_path_factory.mktemp("run"), [])
+    return op_count.count_step(trainer, warmup=2)
+
+
+def test_one_step_dispatches_at_most_the_bound(counted):
+    assert counted.total() <= BOUND, op_count.table("tiny 16 px", counted, 20, detail=True)
+    assert counted.total("ema") <= 8  # three foreach operations and the skip flag, not one per tensor
+
+
+def test_the_loss_builds_no_constant_on_an_ordinary_step(counted):
+    made = {name: n for (part, name), n in counted.ops.items() if part == "loss" and name in FACTORIES}
+    assert made == {}, made

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 SOLVERS = ("ddpm/uniform", "ddim/uniform", "ddim/karras", "dpmpp_2m/uniform", "dpmpp_2m/karras",
            "dpmpp_2m/logsnr", "dpmpp_2m/fitted", "dpmpp_3m/logsnr", "dpmpp_3m/karras", "edm/karras",
-           "edm/karras/0.5", "dpmpp_2m_sde/uniform", "dpmpp_2m_sde/karras", "dpmpp_2m_sde/logsnr")
+           "edm/karras/0.5", "dpmpp_2m_sde/uniform", "dpmpp_2m_sde/karras", "dpmpp_2m_sde/logsnr",
+           "dpmpp_3m/logsnr@0.05", "dpmpp_3m/karras@0.1")
 EVALS = (5, 8, 10, 15, 20, 50, 100)
 SVG_STYLE = ("<style>text{font:10px sans-serif;fill:#444}.title{font-size:12px;fill:#222}"
              ".frame{fill:none;stroke:#bbb}.grid{stroke:#eee}</style>")
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals", default=",".join(map(str, EVALS)),
                    help=f"network evaluations per image (default {','.join(map(str, EVALS))})")
     p.add_argument("--solvers", default=",".join(SOLVERS),
-                   help="sampler/spacing[/eta] list (default: all of " + ", ".join(SOLVERS) + ")")
+                   help="sampler/spacing[/eta][@sigma_min] list (default: all of " + ", ".join(SOLVERS) + ")")
     p.add_argument("--seed", type=int, default=0, help="noise and KID seed (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default="cpu")
@@ -65,8 +66,9 @@ def parse_solver(text: str):
     from xurdif.diffusion.samplers import default_eta
     from xurdif.sampling.defaults import Sampling
 
+    text, _, end = text.partition("@")
     sampler, spacing, *eta = text.split("/")
-    return Sampling(sampler, 1, spacing, float(eta[0]) if eta else default_eta(sampler))
+    return Sampling(sampler, 1, spacing, float(eta[0]) if eta else default_eta(sampler), sigma_min=float(end or 0))
 
 
 def measure_model(name: str, path: Path, args, reference, extractor, results: dict, save) -> None:
@@ -108,7 +110,8 @@ def summary(name: str, done: dict) -> dict:
     rows = done["rows"]
     at = lambda n: [r for r in rows if r["evals"] == n]
     # Named as parse_solver reads them: an eta only where it is not the sampler's own.
-    names = {f"{s}/{sp}" + (f"/{e:g}" if e != default_eta(s) else "") for s, sp, e in CANDIDATES}
+    names = {f"{s}/{sp}" + (f"/{e:g}" if e != default_eta(s) else "") + (f"@{end:g}" if end else "")
+             for s, sp, e, end in CANDIDATES}
     best50 = min(at(50), key=lambda r: r["kid_x1e3"])
     chosen = min((r for r in at(10) if r["solver"] in names), key=lambda r: r["kid_x1e3"])
     best10 = min(at(10), key=lambda r: r["kid_x1e3"])

@@ -83,7 +83,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("phema") / "run"
     rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=6", "checkpoint.every_steps=3",
                       "ema.posthoc_stds=[0.05, 0.1]", "ema.snapshot_every_images=16", "log.tensorboard=false",
-                      "eval.real_images=16"])
+                      "eval.real_images=16", "eval.holdout=0.25", "eval.kid_every_steps=100"])
     assert rc == 0
     return out
 
@@ -113,6 +113,8 @@ def test_cli_writes_a_loadable_model(run, capsys):
     assert ema_main([str(run), "--std", "0.05", "0.08", "--samples", "8", "--steps", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "std 0.050: KID" in text and "std 0.080: KID" in text and "<- best" in text
+    # Judged as training judged it: against the 8 images the run held out, not the ones it trained on.
+    assert "KID against 8 held-out images (0.25 of " in text and "memorisation against 24 training images" in text
     # The written length is the lower-KID one of those printed (unless the lower copies).
     printed = {float(m[0]): (float(m[1]), float(m[2]) / 100)
                for m in re.findall(r"std (\S+): KID (\S+) ± \S+, memorised (\S+)%", text)}

@@ -76,7 +76,7 @@ a face | post=crisp,gamma:0.9 sampler=dpmpp_2m
     # The malformed line keeps its index, so later prompts are not renumbered.
     assert [j.index for j in jobs] == [0, 1, 3]
     assert errors == ["p.txt:5: unknown option 'sed'; did you mean 'seed'? valid: prompt, n, seed, "
-                      "steps, sampler, spacing, eta, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
+                      "steps, sampler, spacing, eta, sigma_min, size, init, strength, noise_mult, post, guidance, tile, overlap, wrap, merge"]
     # A job without a seed: seeds derived from (job index, image) by xurdif.seeds, 31 bits.
     assert jobs[1].seeds() == [render_seed(1, 0)] == [1079587425] and render_seed(1, 1) == 128358735
 

@@ -250,6 +250,34 @@ def test_spacings():
         timesteps_for(sched, 4, "fitted")
 
 
+
+def test_sigma_min_moves_the_last_step_of_logsnr_and_karras():
+    sched = make_schedule("cosine", 1000)
+    lam = log_snr_table(sched)
+    sigma = lambda t: math.exp(-float(lam[t]) / 2)
+    for spacing in ("logsnr", "karras"):
+        assert timesteps_for(sched, 10, spacing, sigma_min=0) == timesteps_for(sched, 10, spacing)
+        for end in (0.05, 0.1, 1.0):
+            ts = timesteps_for(sched, 10, spacing, sigma_min=end)
+            # Still from the start, through σ = 80, strictly down; the last step is the nearest to σ_min.
+            assert ts[0] == 999 and 75 < sigma(ts[1]) < 85 and all(a > b for a, b in zip(ts, ts[1:])), ts
+            nearest = min(range(1000), key=lambda t: abs(float(lam[t]) + 2 * math.log(end)))
+            assert ts[-1] == nearest, (spacing, end, ts)
+        # Below the table's smallest σ it is the table's end; an img2img start under σ_min keeps its ramp.
+        assert timesteps_for(sched, 10, spacing, sigma_min=1e-6) == timesteps_for(sched, 10, spacing)
+        assert timesteps_for(sched, 4, spacing, 20, sigma_min=0.5) == timesteps_for(sched, 4, spacing, 20)
+    # The logsnr ramp still has even gaps, now down to σ_min.
+    ts = timesteps_for(sched, 10, "logsnr", sigma_min=0.05)
+    gaps = [float(lam[b] - lam[a]) for a, b in zip(ts[1:], ts[2:])]
+    assert max(gaps) < 1.15 * min(gaps), gaps
+    for spacing in ("uniform", "fitted"):
+        with pytest.raises(ValueError, match=f"^sigma_min applies to logsnr and karras spacing, not '{spacing}'; "
+                                             "set it to 0 or change the spacing$"):
+            timesteps_for(sched, 4, spacing, curve=[-5.0, 5.0], sigma_min=0.05)
+    with pytest.raises(ValueError, match=r"^sigma_min must be a number in 0\.\.80 \(0 = the schedule's smallest\), "
+                                         "got -1$"):
+        timesteps_for(sched, 4, "karras", sigma_min=-1)
+
 def test_fitted_curve_gives_its_own_steps_and_any_other_count():
     sched = make_schedule("cosine", 1000)
     lam = log_snr_table(sched)

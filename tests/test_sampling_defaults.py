@@ -36,6 +36,46 @@ def test_resolve_rules():
     assert LEGACY == Sampling("ddim", 50, "uniform", 0.0)
 
 
+
+def test_sigma_min_goes_with_the_model_spacing():
+    own = Sampling("dpmpp_3m", 10, "logsnr", 0.0, sigma_min=0.05)
+    assert resolve(own) == own and resolve(own, "auto", 6).sigma_min == 0.05
+    # A job naming another spacing (or sampler) ends that spacing its own way, unless it says too.
+    assert resolve(own, "auto", None, "karras").sigma_min == 0.0
+    assert resolve(own, "auto", None, "karras", None, 0.1).sigma_min == 0.1
+    assert resolve(own, "dpmpp_2m").sigma_min == 0.0 and resolve(own, "auto", sigma_min=0).sigma_min == 0
+    # Written only where set, so a record from before reads (and writes) as it did.
+    assert "sigma_min" not in OWN.to_json() and own.to_json()["sigma_min"] == 0.05
+    assert Sampling.from_json(own.to_json()) == own and Sampling.from_json(OWN.to_json()) == OWN
+    assert own.describe() == "dpmpp_3m, 10 steps, logsnr spacing to sigma 0.05"
+    with pytest.raises(ValueError, match="sigma_min applies to logsnr and karras spacing, not 'uniform'"):
+        Sampling.from_json({**own.to_json(), "spacing": "uniform"})
+
+
+def test_sigma_min_renders_records_and_rerenders(tmp_path):
+    from xurdif.render.gallery import rerender_command
+
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    write_sampling(path, Sampling("dpmpp_3m", 5, "logsnr", 0.0, sigma_min=0.2))
+    args = ["--prompt", "a fox", "--seed", "3", "--no-progress"]
+    assert sample_main([str(path), *args, "-o", str(tmp_path / "own")]) == 0
+    assert sample_main([str(path), *args, "--sigma-min", "0", "-o", str(tmp_path / "zero")]) == 0
+    rec = manifest(tmp_path / "own")["0000-a-fox/3.png"]
+    assert rec["params"]["sigma_min"] == 0.2 and manifest(tmp_path / "zero")["0000-a-fox/3.png"]["params"]["sigma_min"] == 0
+    img = pixels(tmp_path / "own" / "0000-a-fox" / "3.png")
+    assert not np.array_equal(img, pixels(tmp_path / "zero" / "0000-a-fox" / "3.png"))
+    # The gallery's command names it, and running it (on a model without the default) gives the same image.
+    plain = save_tiny_model(tmp_path / "plain.safetensors", prediction="x0")
+    command = rerender_command(rec)
+    assert "--sigma-min 0.2" in command
+    import shlex
+
+    argv = shlex.split(command)[1:]
+    argv[0] = str(plain)
+    assert sample_main([*argv, "--no-progress", "-o", str(tmp_path / "again")]) == 0
+    assert np.array_equal(img, pixels(next((tmp_path / "again").rglob("3.png"))))
+    assert sample_main([str(path), *args, "--spacing", "uniform", "--sigma-min", "0.1", "-o", str(tmp_path / "bad")]) == 1
+
 def test_model_file_records_its_default_and_refuses_a_bad_one(tmp_path):
     path = save_tiny_model(tmp_path / "m.safetensors")
     assert read_meta(path).sampling is None and read_meta(path).default_sampling() == LEGACY

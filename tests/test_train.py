@@ -134,11 +134,13 @@ def test_finished_run_records_the_measured_default_sampler(trained):
     sampling = read_meta(trained / "model.safetensors").sampling
     rows = sampling["measured"]
     # The candidates, and dpmpp_2m on the schedule fitted to this model (sampling.fit).
-    assert [(r["sampler"], r["spacing"], r["eta"]) for r in rows] == [*CANDIDATES, ("dpmpp_2m", "fitted", 0.0)]
+    assert [(r["sampler"], r["spacing"], r["eta"], r.get("sigma_min", 0.0)) for r in rows] == [
+        *CANDIDATES, ("dpmpp_2m", "fitted", 0.0, 0.0)]
     assert len(sampling["curve"]) == 4 and sampling["fit"]["error_fitted"] <= sampling["fit"]["error_karras"]
     assert all(r["steps"] == 4 and r["kid_x1e3"] > 0 and r["seconds_per_image"] > 0 for r in rows)
     best = min(rows, key=lambda r: r["kid_x1e3"])
-    assert (sampling["sampler"], sampling["spacing"], sampling["steps"]) == (best["sampler"], best["spacing"], 4)
+    assert (sampling["sampler"], sampling["spacing"], sampling["steps"], sampling.get("sigma_min", 0.0)) == (
+        best["sampler"], best["spacing"], 4, best.get("sigma_min", 0.0))
     assert sampling["samples"] == 16 and sampling["reference"] == "16 training images"
 
 

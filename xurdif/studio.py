@@ -231,16 +231,41 @@ def guidance_controls(gr) -> list:
                 gr.Number(0.02, label="guidance scale")]
 
 
+class Renders:
+    """Every render since the studio started (newest first, as HTML), one at a time in a
+    worker thread: a new render waits for a stopped one to end (within one sampler step)."""
+
+    def __init__(self, out_dir: Path, device: str):
+        self.out_dir, self.device = out_dir, device
+        self.history: list[str] = []
+        self.busy = threading.Lock()
+        self.cancel: threading.Event | None = None  # the running render's: Stop sets it
+
+    def history_html(self) -> str:  # data-count: the page has it (a reload too)
+        return f'<div data-count={len(self.history)}>{"".join(self.history) or "<p>No renders yet.</p>"}</div>'
+
+    def work(self, model_v: str, prompt_v: str, job_args: dict, guidance: dict, cancel: threading.Event):
+        with self.busy:
+            self.cancel = cancel
+            try:
+                images, text, records = render_once(model_v, self.out_dir, self.device, job_args, guidance,
+                                                    cancel=cancel)
+            finally:
+                self.cancel = None
+            self.history.insert(0, history_entry(len(self.history) + 1, prompt_v, text, records))
+            return images, text, self.history_html()
+
+    def stop(self) -> None:
+        if (cancel := self.cancel) is not None:
+            cancel.set()
+
+
 def build_app(models_dir: Path, out_dir: Path, device: str):
     import gradio as gr
 
     d = Job()
     choices = lambda: [(m.label, str(m.path)) for m in list_models(models_dir)]
-    history: list[str] = []  # every render since the studio started, newest first (HTML)
-    # One render at a time, in a worker thread: a new render waits for a stopped one to end
-    # (within one sampler step). Stop sets the running render's event.
-    busy = threading.Lock()
-    running: dict[str, threading.Event | None] = {"cancel": None}
+    renders = Renders(out_dir, device)
     with gr.Blocks(title="xurdif studio", analytics_enabled=False) as app:
         gr.Markdown(f"## xurdif studio\nModels under `{models_dir}`; images saved to `{out_dir}/` "
                     f"([open its gallery]({GALLERY_ROUTE}/index.html), every render in the folder; "
@@ -271,19 +296,6 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
                 gr.Markdown("### History (newest first)")
                 shown = gr.HTML("", elem_id="studio-history")
 
-        def history_html() -> str:  # data-count: the page has it (a reload too)
-            return f'<div data-count={len(history)}>{"".join(history) or "<p>No renders yet.</p>"}</div>'
-
-        def work(model_v: str, prompt_v: str, job_args: dict, guidance: dict, cancel: threading.Event):
-            with busy:
-                running["cancel"] = cancel
-                try:
-                    images, text, records = render_once(model_v, out_dir, device, job_args, guidance, cancel=cancel)
-                finally:
-                    running["cancel"] = None
-                history.insert(0, history_entry(len(history) + 1, prompt_v, text, records))
-                return images, text, history_html()
-
         async def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v,
                       noise_v, eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, tile_v="auto", overlap_v=None,
                       wrap_v=False, progress=gr.Progress(track_tqdm=True)):
@@ -293,24 +305,20 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
             cancel = threading.Event()
             try:
-                return await asyncio.to_thread(work, model_v, prompt_v, job_args, guidance, cancel)
+                return await asyncio.to_thread(renders.work, model_v, prompt_v, job_args, guidance, cancel)
             except asyncio.CancelledError:
                 # Stop (the button, or a client's cancel) abandons the event; the sampler in the
                 # worker thread stops at its next step and the history records it as stopped.
                 cancel.set()
                 raise
 
-        def stop_render():
-            if (cancel := running["cancel"]) is not None:
-                cancel.set()
-
         refresh.click(lambda: gr.Dropdown(choices=choices()), None, model, api_name=False)
         model.change(model_info, model, info, api_name=False)
-        app.load(history_html, None, shown, api_name=False)
+        app.load(renders.history_html, None, shown, api_name=False)
         rendering = go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult,
                                    eta, *guides, post, tile, overlap, wrap],
                              [gallery, message, shown], api_name="render")
-        stop.click(stop_render, None, None, cancels=[rendering], api_name=False, queue=False)
+        stop.click(renders.stop, None, None, cancels=[rendering], api_name=False, queue=False)
     return app
 
 

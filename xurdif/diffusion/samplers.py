@@ -279,14 +279,15 @@ def sample(denoiser, shape: Sequence[int], sampler: str = "ddim", steps: int = 5
            generator: Generator = None, init: torch.Tensor | None = None, strength: float = 1.0,
            noise_mult: float = 1.0, device: torch.device | str | None = None,
            callback: Callback = None, spacing: str = "uniform", curve: Sequence[float] | None = None,
-           **options) -> torch.Tensor:
+           sigma_min: float = 0.0, **options) -> torch.Tensor:
     """Draw x_T (or noise `init`, an image in the model's range, to the start
     timestep) and run a sampler; returns x0 in the model's range.
 
     With an init image and strength s < 1 the sampler runs ceil(s · steps)
     steps from timestep round(s · T) - 1, so a strength-0.5 render costs half of
     a full one. `noise_mult` multiplies the start tensor (xurdif's noise level).
-    `steps` is network evaluations; `spacing` (and a fitted `curve`) place them.
+    `steps` is network evaluations; `spacing` (and a fitted `curve`, or `sigma_min`
+    for logsnr and karras) place them.
     """
     fn = get_sampler(sampler)
     steps = sampler_steps(sampler, steps)
@@ -294,14 +295,14 @@ def sample(denoiser, shape: Sequence[int], sampler: str = "ddim", steps: int = 5
     if device is None:
         device = next(denoiser.net.parameters()).device if hasattr(denoiser, "net") else "cpu"
     if init is None or strength >= 1:
-        timesteps = timesteps_for(denoiser.schedule, steps, spacing, curve=curve)
+        timesteps = timesteps_for(denoiser.schedule, steps, spacing, curve=curve, sigma_min=sigma_min)
         x = randn(shape, generator, device)
         # A pure-noise start needs no init; at strength 1 the init is ignored
         # (ᾱ_{T-1} ≈ 0 leaves nothing of it anyway).
     else:
         start = start_timestep(T, strength)
         timesteps = timesteps_for(denoiser.schedule, min(start + 1, max(1, math.ceil(strength * steps))),
-                                  spacing, start, curve)
+                                  spacing, start, curve, sigma_min)
         ab = _ab(denoiser.schedule, start)
         eps = randn(shape, generator, device)
         x = math.sqrt(ab) * init.to(device) + math.sqrt(1 - ab) * eps

@@ -10,6 +10,10 @@ nearest timestep by log-SNR, keeping the list strictly descending.
   smallest σ of the table.
 Both start their ramp at σ = 80 (EDM's σ_max) when the start is noisier: one
 step from the start to σ = 80, where the flow is a straight line, then the ramp.
+Both end at the table's smallest σ (t = 0) unless `sigma_min` says where the last
+step lands: the solver's final step goes from there to the clean image. At 10
+evaluations an x0 model's last step at t = 0 (σ ≈ 0.006, under one 8-bit level)
+changes nothing; ending at σ = 0.05 spends it higher up (docs/benchmarks.md).
 - fitted: a curve recorded in the model file (xurdif/sampling/fit.py), as log-SNR
   at evenly spaced positions u in [0, 1]; any step count and start reads it by
   linear interpolation, as Align Your Steps does with its schedules.
@@ -91,12 +95,28 @@ def _fitted_targets(curve: Sequence[float], lam_start: float, steps: int) -> lis
     return [fitted_log_snr(curve, u0 + (1 - u0) * i / (steps - 1)) for i in range(steps)]
 
 
+SIGMA_MIN_SPACINGS = ("logsnr", "karras")
+SIGMA_MIN_MAX = 80.0
+
+
+def check_sigma_min(spacing: str, sigma_min: float) -> None:
+    """ValueError unless sigma_min is 0 or a noise level that this spacing can end at."""
+    if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) or not 0 <= sigma_min <= SIGMA_MIN_MAX:
+        raise ValueError(f"sigma_min must be a number in 0..{SIGMA_MIN_MAX:g} (0 = the schedule's smallest), "
+                         f"got {sigma_min!r}")
+    if sigma_min and spacing not in SIGMA_MIN_SPACINGS:
+        raise ValueError(f"sigma_min applies to {' and '.join(SIGMA_MIN_SPACINGS)} spacing, not {spacing!r}; "
+                         "set it to 0 or change the spacing")
+
+
 def timesteps_for(schedule: Schedule, steps: int, spacing: str = "uniform", start: int | None = None,
-                  curve: Sequence[float] | None = None) -> list[int]:
+                  curve: Sequence[float] | None = None, sigma_min: float = 0.0) -> list[int]:
     """`steps` descending timesteps from `start` (default T-1) for this spacing.
-    `curve` is the model's fitted log-SNR curve, needed by spacing "fitted"."""
+    `curve` is the model's fitted log-SNR curve, needed by spacing "fitted".
+    `sigma_min` > 0: where logsnr and karras put their last step (0: t = 0)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+    check_sigma_min(spacing, sigma_min)
     T = schedule.T
     start = _check(T, steps, start)
     if spacing == "uniform":
@@ -105,6 +125,9 @@ def timesteps_for(schedule: Schedule, steps: int, spacing: str = "uniform", star
         return [start]
     table = log_snr_table(schedule)
     lam0, lam1 = float(table[start]), float(table[0])
+    if sigma_min > 0 and -2 * math.log(sigma_min) > lam0:
+        # Never below the table's smallest σ; an img2img start under σ_min keeps the full ramp.
+        lam1 = min(lam1, -2 * math.log(sigma_min))
     if spacing in ("logsnr", "karras"):
         # Above σ = 80 the flow is a straight line: one step from the start to σ = 80, and
         # the rest spread below it (the cosine table's last timesteps reach σ = 20,000).

@@ -177,6 +177,8 @@ class SamplingCfg:
     spacing: Literal["uniform", "logsnr", "karras"] = opt("karras", doc="where its steps fall "
                                                            "(xurdif/diffusion/spacing.py)")
     eta: float = opt(0.0, min=0.0, max=1.0, doc="its eta (ddim, dpmpp_2m_sde) or churn (edm)")
+    sigma_min: float = opt(0.0, min=0.0, max=80.0, doc="logsnr/karras: the noise level of its last step "
+                           "(0 = the schedule's smallest)")
     choose: bool = opt(False, doc="at the end of training, render sampling.samples images with each candidate "
                        "(xurdif/sampling/choose.py) at sampling.steps evaluations, score KID against the held-out "
                        "images (else the training images) and record the winner instead")

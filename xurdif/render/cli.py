@@ -40,7 +40,7 @@ shows them all. Running the same command again skips finished images;
 --overwrite renders them again."""
 
 # CLI flag -> Job option; flags left unset do not override the job file.
-FLAGS = ("n", "seed", "steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post",
+FLAGS = ("n", "seed", "steps", "sampler", "spacing", "sigma_min", "eta", "size", "init", "strength", "noise_mult", "post",
          "tile", "overlap", "wrap", "merge")
 
 
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", choices=[AUTO, *SPACINGS],
                    help="where the steps fall: uniform in t, logsnr, karras (rho 7), or fitted (the model's "
                         "fitted schedule, tools/tune_sampler.py --fit) (default: the model's, or uniform)")
+    p.add_argument("--sigma-min", dest="sigma_min", type=str,
+                   help="logsnr/karras: the noise level of the last step, e.g. 0.05 (default: the model's with "
+                        "its spacing, else 0 = the schedule's smallest)")
     p.add_argument("--eta", type=str, help="ddim: 0 deterministic .. 1 DDPM-like noise; edm: churn 0..1 "
                                            "(default: the model's, or 0)")
     p.add_argument("--size", type=str, help="output size WIDTHxHEIGHT, e.g. 96x64 (default: the model's)")

@@ -42,17 +42,25 @@ def read_manifest(out_dir: Path) -> list[dict]:
     return records
 
 
+def absolute(path: str) -> str:
+    return str(Path(path).absolute()) if path and path != "MODEL" else path
+
+
 def rerender_command(rec: dict, out: str = "rerender") -> str:
     """xurdif-sample with every option of this image, seed first-class, into a fresh folder."""
     p = rec["params"]
-    args = ["xurdif-sample", p.get("model", "MODEL"), "--prompt", rec["prompt"], "--n", "1", "--seed", str(rec["seed"]),
-            "--steps", str(p["steps"]), "--sampler", p["sampler"], "--spacing", p.get("spacing", "uniform")]
+    # Paths absolute (records written before the renderer made them so hold them as given):
+    # the command works from any folder.
+    args = ["xurdif-sample", absolute(p.get("model", "MODEL")), "--prompt", rec["prompt"], "--n", "1",
+            "--seed", str(rec["seed"]), "--steps", str(p["steps"]), "--sampler", p["sampler"], "--spacing", p.get("spacing", "uniform")]
+    if p.get("sigma_min"):
+        args += ["--sigma-min", str(p["sigma_min"])]
     if p.get("sampler") in TAKES_ETA:
         args += ["--eta", str(p["eta"])]
     if p.get("size"):
         args += ["--size", f"{p['size'][0]}x{p['size'][1]}"]
     if p.get("init"):
-        args += ["--init", p["init"], "--strength", str(p["strength"])]
+        args += ["--init", absolute(p["init"]), "--strength", str(p["strength"])]
     if p.get("noise_mult", 1.0) != 1.0:
         args += ["--noise-mult", str(p["noise_mult"])]
     if p.get("post"):
@@ -77,10 +85,10 @@ def command_html(command: str) -> str:
 def params_text(p: dict) -> str:
     """The options that shaped this image; those with no effect (eta off ddim, strength
     without init, defaults) are left out."""
-    skip = {"eta": p.get("sampler") not in TAKES_ETA, "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
+    skip = {"eta": p.get("sampler") not in TAKES_ETA, "sigma_min": not p.get("sigma_min"), "strength": not p.get("init"), "noise_mult": p.get("noise_mult") == 1.0,
             "weights": p.get("weights", "ema") == "ema", "tile": p.get("tile") == "auto",
             "wrap": not p.get("wrap")}
-    keys = ("steps", "sampler", "spacing", "eta", "size", "init", "strength", "noise_mult", "post", "tile", "overlap",
+    keys = ("steps", "sampler", "spacing", "sigma_min", "eta", "size", "init", "strength", "noise_mult", "post", "tile", "overlap",
             "wrap", "weights")
     parts = [f"{k}={'x'.join(map(str, p[k])) if k == 'size' and p[k] else p[k]}"
              for k in keys if p.get(k) not in (None, "") and not skip.get(k)]

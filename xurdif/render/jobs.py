@@ -64,6 +64,8 @@ class Job:
     spacing: str = opt(AUTO, choices=(AUTO, *SPACINGS))
     # ddim's eta, edm's churn; above 1 a step would add more noise than the schedule holds.
     eta: float | None = opt(None, min=0, max=1, doc="0 deterministic, 1 DDPM-like")
+    # logsnr/karras: the noise level of the last step; None: the model's (with its spacing), else 0.
+    sigma_min: float | None = opt(None, min=0, max=80, doc="0 = the schedule's smallest")
     # (width, height); None: the init's aspect or the model's size.
     size: tuple[int, int] | None = opt(None, min=8, max=4096, doc="each side")
     init: str | None = None    # init image (img2img), relative to the job file

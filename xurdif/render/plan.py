@@ -125,10 +125,10 @@ def load_init(path: str, size: tuple[int, int] | None, model_size: tuple[int, in
 def plan_job(job: Job, model: Model, out_dir: Path, presets: dict[str, str] | None,
              check_merge: Callable[[str], None]) -> Planned:
     """The job resolved against the model; a ValueError says what stops it rendering."""
-    sampling = resolve(model.sampling, job.sampler, job.steps, job.spacing, job.eta)
+    sampling = resolve(model.sampling, job.sampler, job.steps, job.spacing, job.eta, job.sigma_min)
     # A job takes the model's sampler when it names none; what it renders with is what gets recorded.
     job = dataclasses.replace(job, sampler=sampling.sampler, steps=sampling.steps, spacing=sampling.spacing,
-                              eta=sampling.eta)
+                              eta=sampling.eta, sigma_min=sampling.sigma_min)
     # A Job made in code may hold its guidance as written; a parsed one is returned as it is.
     guides = parse_guidance(job.guidance) if job.guidance else None
     described = describe_guidance(guides, job.prompt) if guides else {}
@@ -138,8 +138,9 @@ def plan_job(job: Job, model: Model, out_dir: Path, presets: dict[str, str] | No
     if job.merge:  # a model of another kind fails this job now
         check_merge(job.merge.model)
     tiles = tiling(job, size, model.size)
-    # The model's absolute path: a re-render command works from any folder.
+    # The model's and init image's absolute paths: a re-render command works from any folder.
     params = {**job.options(), "size": list(size), "model": str(Path(model.path).absolute()), "weights": model.weights,
+              "init": str(Path(job.init).absolute()) if job.init else job.init,
               "guidance": described,
               "tiles": None if tiles is None else {"tile": list(tiles.tile) if tiles.tile else None,
                                                    "overlap": tiles.overlap, "wrap": job.wrap}}
@@ -164,7 +165,7 @@ def batch_key(task: Task) -> str:
     """Everything the images of one sampler call must share."""
     p, job = task.plan, task.plan.job
     key = {"size": p.size, "steps": job.steps, "sampler": job.sampler, "eta": job.eta, "spacing": job.spacing,
-           "noise_mult": job.noise_mult, "strength": job.strength if job.init else 1.0,
+           "sigma_min": job.sigma_min, "noise_mult": job.noise_mult, "strength": job.strength if job.init else 1.0,
            "init": bool(job.init), "tiles": p.tiles, "wrap": job.wrap}
     if job.merge:
         key["merge"] = [job.merge.model, task.weight]

@@ -12,7 +12,8 @@ from .choose import CANDIDATES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    names = ", ".join(f"{s}/{sp}" + (f" eta {e:g}" if e else "") for s, sp, e in CANDIDATES)
+    names = ", ".join(f"{s}/{sp}" + (f" to sigma {end:g}" if end else "") + (f" eta {e:g}" if e else "")
+                      for s, sp, e, end in CANDIDATES)
     p = argparse.ArgumentParser(
         prog="tools/tune_sampler.py",
         description="Choose a model's default sampler by measuring: every candidate "
@@ -61,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ModelFileError, EvaluateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"| sampler | spacing | eta | steps | KID x1e3 (± std) | s/image |\n|---|---|---|---|---|---|")
+    print(f"| sampler | spacing | sigma_min | eta | steps | KID x1e3 (± std) | s/image |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['spacing']} | {r['eta']:g} | {r['steps']} | "
+        print(f"| {r['sampler']} | {r['spacing']} | {r.get('sigma_min', 0):g} | {r['eta']:g} | {r['steps']} | "
               f"{r['kid_x1e3']:.2f} ± {r['kid_std_x1e3']:.2f} | {r['seconds_per_image']:.4f} |")
     print(f"{'best' if args.dry_run else 'recorded in ' + str(path)}: {best.describe()}")
     if args.json:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..diffusion.samplers import SAMPLERS
-from ..diffusion.spacing import SPACINGS
+from ..diffusion.spacing import SPACINGS, check_sigma_min
 
 AUTO = "auto"
 
@@ -28,20 +28,24 @@ class Sampling:
     spacing: str = "uniform"
     eta: float = 0.0    # ddim's and dpmpp_2m_sde's eta, edm's churn; ignored by the other samplers
     curve: tuple[float, ...] = field(default=(), compare=False)  # spacing "fitted": log-SNR at even u
+    sigma_min: float = 0.0  # logsnr/karras: the noise level of the last step (0: the schedule's smallest)
 
     def describe(self) -> str:
         eta = f" eta {self.eta:g}" if self.eta else ""
-        return f"{self.sampler}, {self.steps} steps, {self.spacing} spacing{eta}"
+        end = f" to sigma {self.sigma_min:g}" if self.sigma_min else ""
+        return f"{self.sampler}, {self.steps} steps, {self.spacing} spacing{end}{eta}"
 
     def sample_args(self) -> dict:
         """These settings as xurdif.diffusion.samplers.sample()'s keyword arguments."""
         from ..diffusion.samplers import TAKES_ETA
 
         return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "curve": self.curve,
-                **({"eta": self.eta} if self.sampler in TAKES_ETA else {})}
+                "sigma_min": self.sigma_min, **({"eta": self.eta} if self.sampler in TAKES_ETA else {})}
 
     def to_json(self) -> dict:
         out = {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "eta": self.eta}
+        if self.sigma_min:  # written only where set: a file from before reads as it always did
+            out["sigma_min"] = self.sigma_min
         if self.curve:
             out["curve"] = list(self.curve)
         return out
@@ -52,7 +56,7 @@ class Sampling:
         if not isinstance(d, dict):
             raise ValueError(f"'sampling' must be a mapping, got {type(d).__name__}")
         s = cls(str(d.get("sampler")), d.get("steps"), str(d.get("spacing", "uniform")), d.get("eta", 0.0),
-                tuple(d.get("curve") or ()))
+                tuple(d.get("curve") or ()), d.get("sigma_min", 0.0))
         s.check()
         return s
 
@@ -65,6 +69,7 @@ class Sampling:
             raise ValueError(f"steps must be an integer in 1..1000, got {self.steps!r}")
         if not isinstance(self.eta, (int, float)) or not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in 0..1, got {self.eta!r}")
+        check_sigma_min(self.spacing, self.sigma_min)
         if self.spacing == "fitted" and len(self.curve) < 2:
             raise ValueError("spacing 'fitted' needs its curve (at least 2 log-SNR values)")
         if self.curve and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.curve):
@@ -77,13 +82,17 @@ LEGACY = Sampling("ddim", 50, "uniform", 0.0)
 
 
 def resolve(model: Sampling, sampler: str | None = AUTO, steps: int | None = None, spacing: str | None = AUTO,
-            eta: float | None = None) -> Sampling:
+            eta: float | None = None, sigma_min: float | None = None) -> Sampling:
     """The settings a job renders with: the model's for "auto", the old defaults
-    under a sampler the job names, and whatever the job sets itself on top."""
+    under a sampler the job names, and whatever the job sets itself on top.
+    The model's sigma_min goes with its spacing: a job that names another spacing
+    ends that spacing's own way unless it sets sigma_min too."""
     from ..diffusion.samplers import default_eta
 
     base = model if sampler in (None, AUTO) else Sampling(sampler, LEGACY.steps, LEGACY.spacing,
                                                           default_eta(sampler) if sampler in SAMPLERS else LEGACY.eta)
-    return Sampling(base.sampler, base.steps if steps is None else steps,
-                    base.spacing if spacing in (None, AUTO) else spacing,
-                    base.eta if eta is None else eta, model.curve)
+    spacing = base.spacing if spacing in (None, AUTO) else spacing
+    if sigma_min is None:
+        sigma_min = base.sigma_min if spacing == base.spacing else 0.0
+    return Sampling(base.sampler, base.steps if steps is None else steps, spacing,
+                    base.eta if eta is None else eta, model.curve, sigma_min)

@@ -1,6 +1,7 @@
 """`xurdif-ema RUN --std 0.02 0.05 0.1`: post-hoc EMA. Reconstructs EMAs of other
 lengths from a run's snapshots (trained with ema.posthoc_stds), scores each with
-KID against the training images and writes the best as a model file."""
+KID against the run's held-out images (eval.holdout or eval.holdout_path; else the
+training images, which copies win) and writes the best as a model file."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="xurdif-ema",
         description="Post-hoc EMA (EDM2): reconstruct the EMA of each --std from the snapshots in "
                     "RUN/ema-snapshots (a run trained with ema.posthoc_stds), sample each, score it with KID "
-                    "and memorisation against the training images, print a table and write the best "
+                    "against the images the recipe held out (eval.holdout, eval.holdout_path; else the training "
+                    "images) and memorisation against the training images, print a table and write the best "
                     "(lowest KID with memorisation below the recipe's eval.memorised_max) as a model file.",
         epilog="Example: xurdif-ema runs/demo --std 0.02 0.05 0.1 0.15 --samples 250")
     p.add_argument("run", type=Path, help="run folder (holds recipe.yaml, model.safetensors, ema-snapshots/)")
@@ -40,6 +42,7 @@ def fail(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..data import DataError, open_dataset
+    from ..data.holdout import held_out
     from ..diffusion.schedule import make_schedule
     from ..weights import load_network, load_state, save_model_file
     from .monitor import KidMonitor
@@ -49,24 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in args.std if not 0.001 <= s <= 0.28]
     if bad:
         return fail(f"--std {bad[0]}: out of range; each std must be in 0.001..0.28")
-    for name, n in (("--samples", args.samples), ("--steps", args.steps)):
-        if n is not None and n < 1:
-            return fail(f"{name} {n}: must be at least 1")
-    if args.samples is not None and args.samples < 2:
-        return fail("--samples: KID needs at least 2 samples")
+    for name, n, least in (("--samples", args.samples, 2), ("--steps", args.steps, 1)):  # KID needs 2 samples
+        if n is not None and n < least:
+            return fail(f"{name} {n}: must be at least {least}")
     for f in ("recipe.yaml", "model.safetensors"):
         if not (run / f).is_file():
             return fail(f"{run / f}: not found; RUN must be a training run folder")
     try:
         recipe = recipe_from_yaml((run / "recipe.yaml").read_text(), str(run / "recipe.yaml"))
         data = open_dataset(recipe.data)
+        heldout = held_out(recipe, data)  # the same images the run held out, taken out of `data` again
     except (RecipeError, DataError) as e:
         return fail(str(e))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, meta = load_network(run / "model.safetensors", "model")
     net = net.to(device)
     schedule = make_schedule(meta.schedule, meta.timesteps)
-    monitor = KidMonitor(recipe, data, device)
+    monitor = KidMonitor(recipe, data, device, heldout)
+    print(f"KID against {f'{len(heldout.names)} held-out images ({heldout.origin})' if heldout else 'the training images'}"
+          f"; memorisation against {len(data) if data.indexable else 'the'} training images", flush=True)
     rows = []
     for std in args.std:
         try:

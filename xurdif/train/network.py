@@ -68,7 +68,7 @@ def recipe_sampling(recipe: Recipe) -> dict:
     from ..sampling.defaults import Sampling
 
     c = recipe.sampling
-    return Sampling(c.sampler, c.steps, c.spacing, c.eta).check().to_json()
+    return Sampling(c.sampler, c.steps, c.spacing, c.eta, sigma_min=c.sigma_min).check().to_json()
 
 
 def parameter_count(net: torch.nn.Module) -> int:

@@ -73,7 +73,7 @@ def form(model: str, **kw) -> list:
     v = dict(model=model, prompt="a fox", n=1, seed="7", sampler="ddim", spacing="auto", steps=3, size="", init=None,
              strength=0.6, noise_mult=1.0, eta=0.0, g_text="", g_model="ViT-B-32", g_weights="", g_image=None,
              g_target=None, g_style=None, g_style_w=1.0, g_scale=0.02, post="contrast:1.1", tile="auto", overlap="",
-             wrap=False)
+             wrap=False, sigma_min="")
     v.update(kw)
     return list(v.values())
 
@@ -263,3 +263,19 @@ def test_rerender_command_has_absolute_paths_with_a_relative_init(tmp_path, monk
     assert sample_main(cmd[1:] + ["--no-progress"]) == 0
     assert np.array_equal(pixels(next((elsewhere / "rerender").glob("*/5.png"))), pixels(Path(images[0][0]) if
                           Path(images[0][0]).is_absolute() else work / images[0][0]))
+
+
+def test_sigma_min_from_the_page_is_recorded_and_checked(studio, tmp_path):
+    from gradio_client import Client
+
+    client = Client(studio["url"], verbose=False, download_files=str(tmp_path / "dl"))
+    model = str(studio["models"] / "x0-run" / "model.safetensors")
+    args = dict(prompt="an ending", sampler="dpmpp_3m", spacing="logsnr", steps=4, post="")
+    gallery, message, _ = client.predict(*form(model, **args, sigma_min="0.2"), api_name="/render")
+    assert len(gallery) == 1, message
+    saved = next((studio["out"]).glob("*-an-ending/7.png"))
+    assert read_record(saved)["params"]["sigma_min"] == 0.2
+    gallery, message, _ = client.predict(*form(model, **{**args, "spacing": "uniform"}, sigma_min="0.1"),
+                                         api_name="/render")
+    assert gallery == [] and message == ("Error: sigma_min applies to logsnr and karras spacing, not 'uniform'; "
+                                         "set it to 0 or change the spacing")

@@ -88,8 +88,9 @@ def guidance_options(text: str, clip_model: str, clip_weights: str, image_prompt
 
 def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, init: str | None, strength,
                     eta, noise_mult, post: str, guidance: dict, index: int, spacing: str = AUTO,
-                    tile: str = "auto", overlap: str | None = None, wrap: bool = False) -> Job:
-    # Empty steps (or 0), eta and overlap: the model's own or the default, like a job line that does not name them.
+                    tile: str = "auto", overlap: str | None = None, wrap: bool = False, sigma_min: str = "") -> Job:
+    # Empty steps (or 0), eta, overlap and sigma_min: the model's own or the default, like a job line that
+    # does not name them.
     opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler or AUTO,
             "spacing": spacing or AUTO, "size": size.strip(), "init": init or "", "strength": str(strength),
             "noise_mult": str(noise_mult), "post": post.strip(), "guidance": guidance,
@@ -98,8 +99,9 @@ def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, i
         opts["steps"] = str(int(steps))
     if eta is not None:
         opts["eta"] = str(eta)
-    if str(overlap or "").strip():
-        opts["overlap"] = str(overlap).strip()
+    for key, value in (("overlap", overlap), ("sigma_min", sigma_min)):
+        if str(value or "").strip():
+            opts[key] = str(value).strip()
     return make_job(opts, Job(index=index), WHERE, {})
 
 
@@ -194,7 +196,7 @@ LIBRARY_ROUTE = "/library"  # xurdif-library's page of the models folder, built 
 
 
 def canvas_controls(gr, d: Job) -> tuple:
-    """sampler, spacing, steps, size, tile, overlap, wrap (in that order)."""
+    """sampler, spacing, steps, size, tile, overlap, wrap, sigma_min (in that order)."""
     with gr.Row():
         sampler = gr.Dropdown([AUTO, *SAMPLERS], value=d.sampler, label="sampler (auto: the model's)")
         spacing = gr.Dropdown([AUTO, *SPACINGS], value=d.spacing, label="spacing")
@@ -205,7 +207,9 @@ def canvas_controls(gr, d: Job) -> tuple:
         overlap = gr.Textbox("", label="overlap", elem_id="studio-overlap",
                              info=field_info("overlap", "empty: a quarter of the tile"))
         wrap = gr.Checkbox(d.wrap, label="wrap (seamless texture)", elem_id="studio-wrap")
-    return sampler, spacing, steps, size, tile, overlap, wrap
+        sigma_min = gr.Textbox("", label="sigma_min (logsnr/karras)", elem_id="studio-sigma-min",
+                               info=field_info("sigma_min", "where the ramp ends; empty: the model's"))
+    return sampler, spacing, steps, size, tile, overlap, wrap, sigma_min
 
 
 def init_controls(gr, d: Job) -> tuple:
@@ -282,7 +286,7 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
                 with gr.Row():
                     n = gr.Number(d.n, precision=0, label="images", minimum=1)
                     seed = gr.Textbox("", label="first seed (empty: derived)", elem_id="studio-seed")
-                sampler, spacing, steps, size, tile, overlap, wrap = canvas_controls(gr, d)
+                sampler, spacing, steps, size, tile, overlap, wrap, sigma_min = canvas_controls(gr, d)
                 post = gr.Dropdown(["", *PRESETS], value=d.post, label="postprocessing", allow_custom_value=True,
                                    info=post_info(), elem_id="studio-post")
                 init, strength, noise_mult, eta = init_controls(gr, d)
@@ -298,10 +302,11 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
 
         async def run(model_v, prompt_v, n_v, seed_v, sampler_v, spacing_v, steps_v, size_v, init_v, strength_v,
                       noise_v, eta_v, gt, gm, gw, gi, gtg, gs, gsw, gsc, post_v, tile_v="auto", overlap_v=None,
-                      wrap_v=False, progress=gr.Progress(track_tqdm=True)):
+                      wrap_v=False, sigma_v="", progress=gr.Progress(track_tqdm=True)):
             job_args = dict(prompt=prompt_v, n=n_v or 1, seed=seed_v, sampler=sampler_v, spacing=spacing_v,
                             steps=steps_v, size=size_v, init=init_v, strength=strength_v, eta=eta_v,
-                            noise_mult=noise_v, post=post_v or "", tile=tile_v, overlap=overlap_v, wrap=wrap_v)
+                            noise_mult=noise_v, post=post_v or "", tile=tile_v, overlap=overlap_v, wrap=wrap_v,
+                            sigma_min=sigma_v)
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
             cancel = threading.Event()
             try:
@@ -316,7 +321,7 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
         model.change(model_info, model, info, api_name=False)
         app.load(renders.history_html, None, shown, api_name=False)
         rendering = go.click(run, [model, prompt, n, seed, sampler, spacing, steps, size, init, strength, noise_mult,
-                                   eta, *guides, post, tile, overlap, wrap],
+                                   eta, *guides, post, tile, overlap, wrap, sigma_min],
                              [gallery, message, shown], api_name="render")
         stop.click(renders.stop, None, None, cancels=[rendering], api_name=False, queue=False)
     return app

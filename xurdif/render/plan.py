@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..data.images import BadImage, cover, read_picture, to_tensor
+from ..diffusion.spacing import check_sigma_min
 from ..guidance import GuidanceCfg, describe_guidance, parse_guidance
 from ..postprocess import parse_chain
 from ..sampling.defaults import Sampling, resolve
@@ -126,6 +127,7 @@ def plan_job(job: Job, model: Model, out_dir: Path, presets: dict[str, str] | No
              check_merge: Callable[[str], None]) -> Planned:
     """The job resolved against the model; a ValueError says what stops it rendering."""
     sampling = resolve(model.sampling, job.sampler, job.steps, job.spacing, job.eta, job.sigma_min)
+    check_sigma_min(sampling.spacing, sampling.sigma_min)  # this job fails now, not its batch later
     # A job takes the model's sampler when it names none; what it renders with is what gets recorded.
     job = dataclasses.replace(job, sampler=sampling.sampler, steps=sampling.steps, spacing=sampling.spacing,
                               eta=sampling.eta, sigma_min=sampling.sigma_min)

@@ -216,7 +216,9 @@ def test_stop_ends_the_render_in_the_background(studio, tmp_path):
 
     client = Client(studio["url"], verbose=False, download_files=str(tmp_path / "dl"))
     model = str(studio["models"] / "eps-run" / "model.safetensors")
-    job = client.submit(*form(model, prompt="a long render", n=64, steps=1000, post=""), api_name="/render")
+    # 24 px (no tiling, 2.25x the pixels): a batch takes tens of seconds even on a fast idle machine.
+    job = client.submit(*form(model, prompt="a long render", n=64, steps=1000, size="24", post=""),
+                        api_name="/render")
     deadline = time.time() + 60
     running = ("PROCESSING", "PROGRESS")  # PROGRESS: the render's progress bar is up
     while job.status().code.name not in running and time.time() < deadline:

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
     c.add_argument("--device", default=None)
     c.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    e = sub.add_parser("posthoc", help="score post-hoc EMA lengths of each run's last checkpoint as `score` "
+                                       "scores checkpoints (runs trained with ema.posthoc_stds)")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--std", required=True, help="comma-separated relative EMA lengths, e.g. 0.05,0.2")
+    e.add_argument("--samples", type=int, default=256)
+    e.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
+    e.add_argument("--only", default="", help="comma-separated run names (default: all)")
     return p
 
 
@@ -374,9 +381,31 @@ def write_curves(path: Path, name: str, rows: list[dict], best: int | None) -> N
     path.write_text(f"<div>{kid_plot}{memo_plot}</div>\n")
 
 
+def posthoc(args) -> None:
+    """`posthoc`: each --std rebuilt at the last checkpoint (xurdif/train/posthoc.py), sampled with
+    the same sampler and seeds as `score`, KID against the held-out images and copies."""
+    from xurdif.evaluate import InceptionFeatures, kid, load_folder
+    from xurdif.evaluate.memorisation import copy_verdict
+    from xurdif.train.posthoc import reconstruct
+
+    extractor = InceptionFeatures(device="cpu")
+    for run in study_runs(args):
+        den, meta, _ = load_ema(kept_checkpoints(run)[-1], "cpu")
+        size = meta.image_size[0]
+        train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
+        held_f = extractor(held)
+        for std in (float(s) for s in args.std.split(",")):
+            weights, info = reconstruct(run, std)
+            den.net.load_state_dict(weights)
+            fake = (draw(den, meta, args.samples, args.steps, "cpu") * 255).round().byte()
+            memo = copy_verdict(fake, train)[0]
+            print(f"[{run.name}] EMA std {std:.3f} at {info['images_seen']:,} images: KID held-out "
+                  f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    {"split": split, "train": train, "sample": sample_runs, "score": score}[args.command](args)
+    {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc}[args.command](args)
     return 0
 
 

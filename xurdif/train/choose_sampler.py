@@ -23,6 +23,7 @@ def choose_default_sampler(trainer) -> None:
         best, rows = choose_for_file(path, reference, kid.extractor, r.sampling.steps, r.sampling.samples,
                                      seed=r.train.seed, device=trainer.acc.device, reference_name=name,
                                      fit=r.sampling.fit)
-        table = "; ".join(f"{x['sampler']}/{x['spacing']} {x['kid_x1e3']:.2f}" for x in rows)
+        table = "; ".join(f"{x['sampler']}/{x['spacing']}" + (f"@{x['sigma_min']:g}" if x.get("sigma_min") else "")
+                          + f" {x['kid_x1e3']:.2f}" for x in rows)
         tqdm.write(f"{path.name}: default sampler {best.describe()} (KID x1e3 against {name}, "
                    f"{r.sampling.samples} samples each: {table})")

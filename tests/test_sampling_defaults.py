@@ -132,8 +132,11 @@ def test_choose_records_the_lowest_kid_and_is_reproducible(tmp_path):
     path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
     g = torch.Generator().manual_seed(0)
     reference = features((torch.rand(40, 3, 16, 16, generator=g) * 255).to(torch.uint8))
-    best, rows = choose_for_file(path, reference, features, steps=3, n=24, reference_name="noise", progress=False)
+    done: list[int] = []  # training rewrites its live report after each candidate
+    best, rows = choose_for_file(path, reference, features, steps=3, n=24, reference_name="noise", progress=False,
+                                 after_each=lambda: done.append(len(read_meta(path).sampling or {})))
     assert [(r["sampler"], r["spacing"]) for r in rows] == [(s.sampler, s.spacing) for s in candidates(3)]
+    assert done == [0] * len(candidates(3))  # once per candidate, before the winner is written
     assert best == winner(rows) and best.steps == 3
     assert min(r["kid_x1e3"] for r in rows) == next(r["kid_x1e3"] for r in rows
                                                       if (r["sampler"], r["spacing"]) == (best.sampler, best.spacing))

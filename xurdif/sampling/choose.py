@@ -56,8 +56,10 @@ def draw(den, st: Sampling, n: int, size: tuple[int, int], seed: int, device, ba
 
 
 def measure(den, size: tuple[int, int], reference: torch.Tensor, extractor: Callable, settings: list[Sampling],
-            n: int = 200, seed: int = 0, device="cpu", progress: bool = True) -> list[dict]:
-    """KID (x1e3, against `reference` features) and seconds per image of each setting."""
+            n: int = 200, seed: int = 0, device="cpu", progress: bool = True,
+            after_each: Callable[[], None] | None = None) -> list[dict]:
+    """KID (x1e3, against `reference` features) and seconds per image of each setting;
+    `after_each` runs after every one (training keeps its live report fresh with it)."""
     from ..evaluate import kid
 
     rows = []
@@ -66,6 +68,8 @@ def measure(den, size: tuple[int, int], reference: torch.Tensor, extractor: Call
         mean, std = kid(reference, extractor(images), seed=seed)
         rows.append({**st.to_json(), "kid_x1e3": round(mean * 1e3, 3), "kid_std_x1e3": round(std * 1e3, 3),
                      "seconds_per_image": round(per_image, 5)})
+        if after_each is not None:
+            after_each()
     return rows
 
 
@@ -77,7 +81,8 @@ def winner(rows: list[dict], curve: tuple[float, ...] = ()) -> Sampling:
 
 def choose_for_file(path: Path, reference: torch.Tensor, extractor: Callable, steps: int, n: int = 200,
                     seed: int = 0, device="cpu", reference_name: str = "", progress: bool = True,
-                    fit: bool = False, write: bool = True) -> tuple[Sampling, list[dict]]:
+                    fit: bool = False, write: bool = True, after_each: Callable[[], None] | None = None
+                    ) -> tuple[Sampling, list[dict]]:
     """Measure the candidates on this model file and record the winner in it (unless not
     `write`). fit: first fit a schedule to the model (xurdif/sampling/fit.py) and let
     dpmpp_2m on it compete."""
@@ -94,7 +99,7 @@ def choose_for_file(path: Path, reference: torch.Tensor, extractor: Callable, st
     settings = candidates(steps)
     if curve:
         settings.append(Sampling("dpmpp_2m", steps, "fitted", 0.0, curve))
-    rows = measure(den, size, reference, extractor, settings, n, seed, device, progress)
+    rows = measure(den, size, reference, extractor, settings, n, seed, device, progress, after_each)
     best = winner(rows, curve)
     if write:
         write_sampling(path, best, {"measured": rows, "samples": n, "reference": reference_name, **evidence})

@@ -22,7 +22,7 @@ def choose_default_sampler(trainer) -> None:
             continue
         best, rows = choose_for_file(path, reference, kid.extractor, r.sampling.steps, r.sampling.samples,
                                      seed=r.train.seed, device=trainer.acc.device, reference_name=name,
-                                     fit=r.sampling.fit)
+                                     fit=r.sampling.fit, after_each=trainer.out.write_report)
         table = "; ".join(f"{x['sampler']}/{x['spacing']}" + (f"@{x['sigma_min']:g}" if x.get("sigma_min") else "")
                           + f" {x['kid_x1e3']:.2f}" for x in rows)
         tqdm.write(f"{path.name}: default sampler {best.describe()} (KID x1e3 against {name}, "

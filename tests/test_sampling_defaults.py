@@ -232,7 +232,7 @@ def test_training_grids_use_the_model_default(tmp_path, monkeypatch, overrides, 
 
 
 def test_studio_renders_with_the_model_default_when_left_on_auto(tmp_path):
-    from xurdif.studio import render_once
+    from xurdif.studio_render import render_once
 
     path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
     write_sampling(path, OWN)

@@ -242,7 +242,7 @@ def test_stop_ends_the_render_in_the_background(studio, tmp_path):
 
 def test_rerender_command_has_absolute_paths_with_a_relative_init(tmp_path, monkeypatch):
     """The command shown for an image rendered from a relative init path works from any folder."""
-    from xurdif.studio import history_entry, render_once
+    from xurdif.studio_render import history_entry, render_once
 
     model = save_tiny_model(tmp_path / "models" / "m" / "model.safetensors")
     work = tmp_path / "work"

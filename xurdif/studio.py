@@ -2,32 +2,26 @@
 
 A render here is a job like a prompts-file line: checked by render.jobs.make_job,
 rendered by render.run.render into OUT/<index>-<slug>/<seed>.png with the same
-metadata and manifest line, then OUT/index.html is rebuilt. No second code path."""
+metadata and manifest line, then OUT/index.html is rebuilt. No second code path.
+This module is the page; xurdif/studio_render.py does each render and keeps the history."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
-import re
 import sys
-import threading
-import time
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
-from urllib.parse import quote
 
 from .cli_args import int_in
 from .diffusion.samplers import SAMPLERS
 from .diffusion.spacing import SPACINGS
 from .options import span
 from .postprocess import PRESETS, RANGES
+from .render.gallery import COMMAND_CSS, write_gallery
+from .render.jobs import Job
 from .sampling.defaults import AUTO
-from .render.gallery import COMMAND_CSS, command_html, params_text, rerender_command, write_gallery
-from .render.jobs import Job, JobError, make_job
-from .render.outputs import read_record
-from .render.run import Cancelled, render
+from .studio_render import Renders, guidance_options
 from .weights import read_meta, resolve_model_path
 
 EPILOG = """\
@@ -35,12 +29,6 @@ examples:
   xurdif-studio                              # models under runs/, http://127.0.0.1:7860
   xurdif-studio --models ~/models --port 7861 --out out/studio"""
 MESSAGE_ID = "studio-message"
-WHERE = ("studio", 0)  # a job's origin: stripped from messages, the page is the context
-
-
-def message(text: str) -> str:
-    # make_job names the origin as "studio: " (no line) or "studio:N: "
-    return re.sub(rf"\b{WHERE[0]}(:\d+)?: ", "", text)
 
 
 @dataclass
@@ -63,46 +51,6 @@ def list_models(models_dir: str | Path) -> list[ModelEntry]:
         size = p.stat().st_size / 2**20
         out.append(ModelEntry(p, f"{p.relative_to(root).as_posix()} · {size:.1f} MB · {meta.prediction} · {seen}"))
     return out
-
-
-def next_index(out_dir: Path) -> int:
-    """Each studio render gets its own <index>-<slug> folder after those already there."""
-    used = [int(m.group(1)) for p in out_dir.glob("*") if (m := re.fullmatch(r"(\d+)-.*", p.name)) and p.is_dir()]
-    return max(used, default=-1) + 1
-
-
-def guidance_options(text: str, clip_model: str, clip_weights: str, image_prompt: str | None,
-                     target: str | None, style: str | None, style_weight: float, scale: float) -> dict:
-    """The job's `guidance:` mapping; empty (unguided) unless a guide is given."""
-    g = {k: v for k, v in (("text", text.strip()), ("image_prompts", image_prompt or ""), ("target", target or ""),
-                           ("style", style or "")) if v}
-    if not g:
-        return {}
-    g.update(clip_model=clip_model.strip() or "ViT-B-32", scale=scale)
-    if clip_weights.strip():
-        g["clip_weights"] = clip_weights.strip()
-    if style:
-        g["style_weight"] = style_weight
-    return g
-
-
-def make_studio_job(prompt: str, n, seed: str, sampler: str, steps, size: str, init: str | None, strength,
-                    eta, noise_mult, post: str, guidance: dict, index: int, spacing: str = AUTO,
-                    tile: str = "auto", overlap: str | None = None, wrap: bool = False, sigma_min: str = "") -> Job:
-    # Empty steps (or 0), eta, overlap and sigma_min: the model's own or the default, like a job line that
-    # does not name them.
-    opts = {"prompt": prompt, "n": str(int(n)), "seed": seed or "", "sampler": sampler or AUTO,
-            "spacing": spacing or AUTO, "size": size.strip(), "init": init or "", "strength": str(strength),
-            "noise_mult": str(noise_mult), "post": post.strip(), "guidance": guidance,
-            "tile": (tile or "auto").strip(), "wrap": "true" if wrap else "false"}
-    if steps:
-        opts["steps"] = str(int(steps))
-    if eta is not None:
-        opts["eta"] = str(eta)
-    for key, value in (("overlap", overlap), ("sigma_min", sigma_min)):
-        if str(value or "").strip():
-            opts[key] = str(value).strip()
-    return make_job(opts, Job(index=index), WHERE, {})
 
 
 def field_info(name: str, more: str = "") -> str:
@@ -128,60 +76,6 @@ def model_info(model: str | None) -> str:
         return "native size: pick a model"
     h, w = meta.image_size
     return f"native size **{w}x{h}** · default sampler (auto): {meta.default_sampling().describe()}"
-
-
-def tiles_text(tiles: dict | None) -> str:
-    if not tiles:
-        return "not tiled"
-    w_h = tiles["tile"]
-    tile = f"{w_h[0]}x{w_h[1]} tiles, overlap {tiles['overlap']} px" if w_h else "the whole canvas"
-    return f"tiled: {tile}" + (", wrapped (seamless)" if tiles["wrap"] else "")
-
-
-def file_url(path: Path) -> str:
-    return "/gradio_api/file=" + quote(str(Path(path).resolve()))
-
-
-def history_entry(number: int, prompt: str, message_text: str, records: list[tuple[Path, dict]]) -> str:
-    """One render in the history: its message, and each image whole with its parameters and command."""
-    cards = "".join(
-        f'<figure class=studio-image><a href="{file_url(path)}" target=_blank><img src="{file_url(path)}" '
-        f'alt="seed {rec["seed"]}"></a><figcaption><b>seed {rec["seed"]}</b> · '
-        f'{escape(params_text(rec["params"]))} · {escape(tiles_text(rec["params"].get("tiles")))}'
-        f'{command_html(rerender_command(rec))}</figcaption></figure>' for path, rec in records)
-    kind = "error" if message_text.startswith("Error") else "stopped" if message_text.startswith("Stopped") else "ok"
-    return (f'<section class="studio-entry {kind}" data-render="{number}"><h4>#{number} · {escape(prompt)} · '
-            f'{time.strftime("%H:%M:%S")}</h4><p>{escape(message_text)}</p>{cards}</section>')
-
-
-def render_once(model: str, out_dir: Path, device: str, job_args: dict, guidance: dict,
-                progress: bool = True, cancel: threading.Event | None = None
-                ) -> tuple[list[tuple[str, str]], str, list[tuple[Path, dict]]]:
-    """(images as (path, caption), message, (path, record) of each image). Bad input is the
-    message, never a traceback; a render stopped by `cancel` says "Stopped: ..."."""
-    from .render.outputs import job_dir_name
-    from .render.plan import outputs_of
-
-    job = None
-    try:
-        model_path = resolve_model_path(model or "")
-        job = make_studio_job(**job_args, guidance=guidance, index=next_index(out_dir))
-        result = render(model_path, [job], out_dir, device=device, progress=progress, cancel=cancel)
-    except (FileNotFoundError, JobError, ValueError, OSError, RuntimeError) as e:
-        return [], message(f"Error: {e}"), []
-    except Cancelled:
-        # The batch in flight is dropped; batches finished before the stop stay on disk.
-        kept = sorted((out_dir / job_dir_name(job.index, job.prompt)).glob("*.png")) if job else []
-        write_gallery(out_dir, [])
-        return [], f"Stopped: the render was stopped; {len(kept)} image(s) of it were finished and kept.", []
-    write_gallery(out_dir, result.failures)
-    if result.failures:
-        return [], message("Error: " + "; ".join(result.failures)), []
-    folder = out_dir / job_dir_name(job.index, job.prompt)
-    records = [(out_dir / o.rel, read_record(out_dir / o.rel)) for o in outputs_of(job)]
-    images = [(str(path), f"seed {rec['seed']}") for path, rec in records]
-    tiled = tiles_text(records[0][1]["params"].get("tiles")) if records else ""
-    return images, f"Saved {len(images)} image(s) to {folder} ({tiled}; gallery: {out_dir / 'index.html'})", records
 
 
 CSS = f"""#studio-result img, .studio-image img {{image-rendering: pixelated; object-fit: contain}}
@@ -235,35 +129,6 @@ def guidance_controls(gr) -> list:
                 gr.Number(0.02, label="guidance scale")]
 
 
-class Renders:
-    """Every render since the studio started (newest first, as HTML), one at a time in a
-    worker thread: a new render waits for a stopped one to end (within one sampler step)."""
-
-    def __init__(self, out_dir: Path, device: str):
-        self.out_dir, self.device = out_dir, device
-        self.history: list[str] = []
-        self.busy = threading.Lock()
-        self.cancel: threading.Event | None = None  # the running render's: Stop sets it
-
-    def history_html(self) -> str:  # data-count: the page has it (a reload too)
-        return f'<div data-count={len(self.history)}>{"".join(self.history) or "<p>No renders yet.</p>"}</div>'
-
-    def work(self, model_v: str, prompt_v: str, job_args: dict, guidance: dict, cancel: threading.Event):
-        with self.busy:
-            self.cancel = cancel
-            try:
-                images, text, records = render_once(model_v, self.out_dir, self.device, job_args, guidance,
-                                                    cancel=cancel)
-            finally:
-                self.cancel = None
-            self.history.insert(0, history_entry(len(self.history) + 1, prompt_v, text, records))
-            return images, text, self.history_html()
-
-    def stop(self) -> None:
-        if (cancel := self.cancel) is not None:
-            cancel.set()
-
-
 def build_app(models_dir: Path, out_dir: Path, device: str):
     import gradio as gr
 
@@ -308,14 +173,7 @@ def build_app(models_dir: Path, out_dir: Path, device: str):
                             noise_mult=noise_v, post=post_v or "", tile=tile_v, overlap=overlap_v, wrap=wrap_v,
                             sigma_min=sigma_v)
             guidance = guidance_options(gt, gm, gw, gi, gtg, gs, gsw, gsc)
-            cancel = threading.Event()
-            try:
-                return await asyncio.to_thread(renders.work, model_v, prompt_v, job_args, guidance, cancel)
-            except asyncio.CancelledError:
-                # Stop (the button, or a client's cancel) abandons the event; the sampler in the
-                # worker thread stops at its next step and the history records it as stopped.
-                cancel.set()
-                raise
+            return await renders.render(model_v, prompt_v, job_args, guidance)
 
         refresh.click(lambda: gr.Dropdown(choices=choices()), None, model, api_name=False)
         model.change(model_info, model, info, api_name=False)

@@ -1,9 +1,10 @@
 """Speed of the real training step (xurdif.train.loop.Trainer.step) per preset and size:
-images/s, step time, peak device memory and model-FLOPs utilisation, eager and
-compiled, fed by the real input pipeline and by a synthetic batch already on the device.
+images/s, step time, peak device memory and model-FLOPs utilisation, eager,
+compiled, compiled with CUDA graphs or with channels_last, fed by the real input
+pipeline and by a synthetic batch already on the device.
 
     .venv/bin/python bench/train_speed.py --device cuda [--presets tiny small base large]
-        [--sizes 64 128 256] [--modes eager compiled] [--precision bf16] [--steps 10]
+        [--sizes 64 128 256] [--modes eager compiled graphs compiled-cl] [--precision bf16] [--steps 10]
         [--warmup 3] [--batch N] [--budget-s 600] [--json out.json]
 
 Data: random-noise PNGs written once per size into a temporary folder (folder source,
@@ -82,14 +83,22 @@ def noise_folder(root: Path, size: int, n: int = 64) -> Path:
     return folder
 
 
-def bench_recipe(preset: str, size: int, batch: int, precision: str, compiled: bool, data: Path,
+# --modes: the speed switches of each row. "graphs": torch.compile's CUDA-graph mode (cudagraph
+# trees replay the network's forward and backward: no per-kernel launches for the small presets).
+MODES = {"eager": {"compile": False, "channels_last": False},
+         "compiled": {"compile": True, "channels_last": False},
+         "graphs": {"compile": "reduce-overhead", "channels_last": False},
+         "compiled-cl": {"compile": True, "channels_last": True}}
+
+
+def bench_recipe(preset: str, size: int, batch: int, precision: str, mode: str, data: Path,
                  out: Path, checkpointing: bool | list[int], workers: int = 0) -> Recipe:
     return Recipe(
         name="bench",
         data=DataCfg(path=str(data), size=size, crop="random", hflip=True, num_workers=workers),
         model=ModelCfg(preset=preset),
-        train=TrainCfg(batch_size=batch, steps=10**9, mixed_precision=precision, compile=compiled,
-                       channels_last=False, activation_checkpointing=checkpointing, output_dir=str(out)),
+        train=TrainCfg(batch_size=batch, steps=10**9, mixed_precision=precision, **MODES[mode],
+                       activation_checkpointing=checkpointing, output_dir=str(out)),
         log=LogCfg(every_steps=10**9, tensorboard=False),
         samples=SamplesCfg(every_steps=0),
         checkpoint=CheckpointCfg(every_steps=10**9),
@@ -180,7 +189,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                         row["error"] = f"skipped: --budget-s {args.budget_s} spent"
                         emit(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |")
                         continue
-                    recipe = bench_recipe(preset, size, batch, args.precision, mode == "compiled",
+                    recipe = bench_recipe(preset, size, batch, args.precision, mode,
                                           noise_folder(tmp, size), tmp / f"run-{preset}-{size}-{mode}",
                                           args.checkpointing, args.workers)
                     try:
@@ -212,7 +221,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("real training step (--device cuda, or --device cpu --trainer)")
     g.add_argument("--presets", nargs="+", default=["tiny", "small", "base", "large"])
     g.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
-    g.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    g.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=list(MODES),
+                   help="eager; compiled (train.compile: true); graphs (train.compile: reduce-overhead); "
+                        "compiled-cl (compiled + train.channels_last)")
     g.add_argument("--precision", default="bf16", choices=["no", "fp16", "bf16"])
     g.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, cudnn.benchmark)")
     g.add_argument("--checkpointing", type=json.loads, default=False, metavar="JSON",

@@ -135,3 +135,28 @@ def test_no_host_sync_on_ordinary_steps(tmp_path, losses):
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
     assert trainer.clock.step == 5
+
+
+def test_cuda_graphs_replay_the_training_step(tmp_path):
+    """train.compile: reduce-overhead: inductor's cudagraph trees replay the network's forward
+    and backward (no step skips them: no CPU tensor, no input mutation), and training goes on
+    as eagerly (issue 33)."""
+    from accelerate.state import AcceleratorState
+
+    from xurdif.recipe import load_recipe
+    from xurdif.train.loop import Trainer, make_accelerator
+    from xurdif.train.outputs import RunOutputs
+
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    torch._dynamo.reset()
+    AcceleratorState._reset_state(True)
+    recipe = load_recipe(RECIPE, [f"train.output_dir={tmp_path / 'run'}", "train.mixed_precision=bf16",
+                                  "train.compile=reduce-overhead", "log.every_steps=1000", "train.steps=1000",
+                                  "loss.edge_l1=0.5", "loss.ssim=0.2", *FAST])
+    acc = make_accelerator(recipe)
+    trainer = Trainer(recipe, acc, RunOutputs(recipe, recipe.run_dir, True))
+    assert trainer.model.graphs
+    losses = [trainer.step()["total"].item() for _ in range(40)]
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert all(v == v for v in losses) and sum(losses[-10:]) < sum(losses[:10]), losses

@@ -2,6 +2,7 @@
 from any starting position, equal to the draws of xurdif/train/draws.py."""
 from pathlib import Path
 
+import pytest
 import torch
 
 from xurdif.data import open_dataset
@@ -73,15 +74,22 @@ def test_to_device_leaves_device_batches_alone_and_pins_host_ones():
 
 
 
-def test_noise_is_drawn_per_sample_on_the_device():
-    """Sample p's noise comes from a generator on the training device seeded by (seed, p):
-    the same whatever the batch it sits in (2 processes x b = 1 process x 2b)."""
-    eps = draws.noise(7, range(3, 6), (3, 4, 4), "cpu")
-    assert eps.shape == (3, 3, 4, 4) and eps.device.type == "cpu"
-    torch.testing.assert_close(draws.noise(7, range(4, 6), (3, 4, 4)), eps[1:], rtol=0, atol=0)
+def test_noise_is_a_function_of_seed_and_position():
+    """Sample p's noise depends on (seed, p) alone: the same whatever the batch it sits in
+    (2 processes x b = 1 process x 2b), as counter-1 and the per-sample draws before it give it."""
+    for version in draws.NOISE_VERSIONS:
+        eps = draws.noise(7, range(3, 6), (3, 4, 4), "cpu", version)
+        assert eps.shape == (3, 3, 4, 4) and eps.device.type == "cpu"
+        torch.testing.assert_close(draws.noise(7, range(4, 6), (3, 4, 4), "cpu", version), eps[1:], rtol=0, atol=0)
+        assert not torch.equal(eps, draws.noise(8, range(3, 6), (3, 4, 4), "cpu", version))
     g = torch.Generator().manual_seed(derive_seed(7, "noise", 4))
-    torch.testing.assert_close(eps[1], torch.randn((3, 4, 4), generator=g), rtol=0, atol=0)
-    assert not torch.equal(eps, draws.noise(8, range(3, 6), (3, 4, 4)))
+    torch.testing.assert_close(draws.noise(7, range(3, 6), (3, 4, 4), "cpu", "device-noise-1")[1],
+                               torch.randn((3, 4, 4), generator=g), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="noise draws 'gpu-2' unknown; valid: device-noise-1, counter-1"):
+        draws.noise(7, range(3), (3, 4, 4), "cpu", "gpu-2")
+
+
+def test_host_draws_of_timesteps_and_levels():
     t, level = draws.timesteps_and_levels(0, range(4000), 1000)
     assert t.min() >= 0 and t.max() <= 999 and torch.histc(t.float(), bins=10, min=0, max=1000).std() < 40
     assert abs(level.mean().item()) < 0.05 and abs(level.std().item() - 1) < 0.05

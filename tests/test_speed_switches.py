@@ -87,6 +87,32 @@ def test_recipe_keys_parse(tmp_path):
         load_recipe(ROOT / "tests" / "recipes" / "fixture.yaml", ["train.activation_checkpointing=fast"])
 
 
+def test_compile_modes_reach_torch_compile(monkeypatch):
+    """train.compile: false, true ('default') or a torch.compile mode; 'reduce-overhead' marks
+    each training iteration for the CUDA graphs it replays (on a CUDA device only)."""
+    from xurdif.train.network import compile_mode, uses_cuda_graphs
+
+    fixture = ROOT / "tests" / "recipes" / "fixture.yaml"
+    assert load_recipe(fixture, ["train.compile=reduce-overhead"]).train.compile == "reduce-overhead"
+    with pytest.raises(ValueError) as e:
+        load_recipe(fixture, ["train.compile=fast"])
+    assert "train.compile" in str(e.value) and "'reduce-overhead'" in str(e.value) and "true or false" in str(e.value)
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    for value, mode, kwargs in ((False, None, None), (True, "default", {}),
+                                ("reduce-overhead", "reduce-overhead", {"mode": "reduce-overhead"}),
+                                ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs",
+                                 {"mode": "max-autotune-no-cudagraphs"})):
+        calls.clear()
+        cfg = TrainCfg(compile=value)
+        compile_network(tiny_net(), cfg)
+        assert compile_mode(cfg) == mode and calls == ([] if kwargs is None else [kwargs])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_cuda_graphs(TrainCfg(compile="reduce-overhead"), cuda)
+    assert not uses_cuda_graphs(TrainCfg(compile="reduce-overhead"), cpu)
+    assert not uses_cuda_graphs(TrainCfg(compile=True), cuda)
+
+
 def test_channels_last_keeps_outputs_and_state_dict_keys():
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 800])
     net = tiny_net().eval()

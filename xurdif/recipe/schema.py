@@ -117,7 +117,10 @@ class TrainCfg:
     output_dir: str = opt("", doc="run folder (default runs/<recipe name>)", safe=True)
     max_nonfinite: int = opt(20, min=1, doc="stop after this many non-finite steps in a row", safe=True)
     # Speed switches, safe to change on resume: they change how the same computation runs, not what it means.
-    compile: bool = opt(False, doc="torch.compile the network (the first steps wait for the compiler)", safe=True)
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = opt(
+        False, doc="torch.compile the network (the first steps wait for the compiler): true = 'default'; "
+        "'reduce-overhead' also replays its forward and backward as CUDA graphs (small presets on a GPU: "
+        "launch-bound otherwise)", safe=True)
     channels_last: bool = opt(False, doc="NHWC activations and weights (faster convolutions on GPU)", safe=True)
     activation_checkpointing: bool | list[int] = opt(
         False, doc="recompute these U-Net levels' activations in backward (true = all, or e.g. [0, 1]): "

@@ -10,6 +10,7 @@ import torch
 from ..recipe import Recipe
 from . import augment, draws
 from .feed import Layout, open_source, to_device
+from .network import compile_mode
 
 if TYPE_CHECKING:
     from .loss import Loss
@@ -34,15 +35,16 @@ class Batches:
         self.source = open_source(data, layout, recipe.data.num_workers, device)
         self.layout, self.loss, self.device = layout, loss, device
         self.augment_cfg = recipe.augment if augment.enabled(recipe.augment) else None
+        self.keyed_noise = draws.compiled_keyed_noise() if compile_mode(recipe.train) else draws.keyed_noise
 
-    def __call__(self, images_seen: int, k: int) -> Batch:
+    def __call__(self, images_seen: int, k: int, noise_draws: str = draws.VERSION) -> Batch:
         lay = self.layout
         start = images_seen + (k * lay.world + lay.rank) * lay.micro
         positions = range(start, start + lay.micro)
         x, t, level = self.source.take(images_seen, k, start)
         ab, t_in = self.loss.levels(t, level)
         x, ab, t_in = (to_device(v, self.device) for v in (x, ab, t_in))  # x: already there if indexable
-        eps = draws.noise(lay.seed, positions, tuple(x.shape[1:]), x.device)
+        eps = draws.noise(lay.seed, positions, tuple(x.shape[1:]), x.device, noise_draws, self.keyed_noise)
         labels = None
         if self.augment_cfg is not None:
             labels = augment.draw_params(self.augment_cfg, lay.seed, positions, x.shape[-1])

@@ -113,7 +113,7 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def micro_batch(self, k: int) -> Batch:
-        return self.batches(self.state.images_seen, k)
+        return self.batches(self.state.images_seen, k, self.state.noise_draws)
 
     def step(self) -> dict[str, torch.Tensor]:
         """One optimizer step; its statistics stay on the device until a log step reads them."""

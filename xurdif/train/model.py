@@ -13,7 +13,8 @@ from ..recipe import Recipe
 from ..seeds import derive_seed
 from .checkpoint import check_same_shape
 from .ema import make_ema, update_ema_if
-from .network import build_for_recipe, compile_network, configure_backends, make_optimizer, speed_layout
+from .network import (build_for_recipe, compile_network, configure_backends, make_optimizer, speed_layout,
+                      uses_cuda_graphs)
 from .posthoc import PosthocEmas
 
 
@@ -28,6 +29,7 @@ class Model:
         self.ema = make_ema(net).to(dev)
         self.posthoc = PosthocEmas(net, recipe.ema.posthoc_stds, dev) if recipe.ema.posthoc_stds else None
         net = compile_network(net, recipe.train)  # after the EMA copies: the EMAs run eager
+        self.graphs = uses_cuda_graphs(recipe.train, dev)
         self.adamw = make_optimizer(net, recipe.optim, dev)
         self.net, self.opt = acc.prepare(net, self.adamw)
         # Fused AdamW skips a step on the device when its found_inf tensor is 1 (as GradScaler
@@ -35,6 +37,8 @@ class Model:
         self.skip_on_device = self.adamw.defaults["fused"] and recipe.train.mixed_precision != "fp16"
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
+        if self.graphs:  # a new training iteration: the graphs may reuse the last one's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         with self.acc.autocast():
             return self.net(x, t, **({"aug": aug} if aug is not None else {})).float()
 

@@ -119,9 +119,22 @@ def speed_layout(net: torch.nn.Module, cfg: TrainCfg) -> torch.nn.Module:
     return net
 
 
+def compile_mode(cfg: TrainCfg) -> str | None:
+    """train.compile as torch.compile's mode; None: eager."""
+    if cfg.compile is False:
+        return None
+    return "default" if cfg.compile is True else cfg.compile
+
+
+def uses_cuda_graphs(cfg: TrainCfg, device: torch.device) -> bool:
+    """Whether the compiled network replays CUDA graphs (torch.compile's cudagraph trees)."""
+    return device.type == "cuda" and compile_mode(cfg) in ("reduce-overhead", "max-autotune")
+
+
 def compile_network(net: torch.nn.Module, cfg: TrainCfg, **options) -> torch.nn.Module:
     """train.compile: in place (Module.compile), so state_dict keys stay those of the model file.
     `options` go to torch.compile (tests pick a backend that needs no C++ compiler run)."""
-    if cfg.compile:
-        net.compile(**options)
+    mode = compile_mode(cfg)
+    if mode is not None:
+        net.compile(**({} if mode == "default" else {"mode": mode}), **options)
     return net

@@ -65,8 +65,10 @@ class RunState:
                 f"(batch_size x processes x grad_accum); this run has {self.global_batch}. "
                 "Keep the global batch: adjust train.batch_size or train.grad_accum."
             )
-        if saved.noise_draws != self.noise_draws:
-            log.warning("%s: saved by an earlier xurdif that drew its noise differently; the run goes on from "
+        if saved.noise_draws in draws.NOISE_VERSIONS:
+            self.noise_draws = saved.noise_draws  # the draws it started with: the resume stays bit for bit
+        elif saved.noise_draws != self.noise_draws:
+            log.warning("%s: saved by a xurdif that drew its noise differently; the run goes on from "
                         "it, but not bit for bit as it would have without the restart", where)
         for f in fields(self):
             if f.metadata.get("restore", True):

@@ -19,7 +19,10 @@ optimizer alike.
 
 The table per preset: the total and where the operations come from, by the part of the step
 that dispatched them:
-  batch       the micro-batch: images to the device, augmentation, noise levels
+  host        operations on host tensors: the per-sample draws (timesteps, levels, augmentation
+              parameters), the data loader's crops and flips, the augmentation's matrices;
+              on a GPU they run on the CPU and launch nothing there
+  batch       the rest of the micro-batch: images to the device, the augmentation's warp
   noise       draws.noise (the batch's N(0, 1) noise)
   net fwd     the network's forward (Model.denoise)
   loss        the loss terms (xurdif.diffusion.losses.loss_terms: edge-L1, SSIM, ...) and
@@ -32,7 +35,10 @@ that dispatched them:
 and the most frequent operation names. "kernels" leaves out the views (detach, view, t,
 transpose, select, ...: operations whose schema says they alias their input, and a few
 splits), which make a tensor header and launch nothing on a GPU; the issue's count is "ops",
-all of them. --json writes the same numbers.
+all of them. The first line adds what a GPU would launch: the kernels less the host part,
+and the same with train.compile: reduce-overhead, where net fwd, loss and backward are two
+CUDA-graph replays and the noise one kernel (derived from the eager count: whether the
+graphs capture is tested on a GPU, tests/test_cuda.py). --json writes the same numbers.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PARTS = ("batch", "noise", "net fwd", "loss", "backward", "clip", "optimizer", "ema", "other")
+PARTS = ("host", "batch", "noise", "net fwd", "loss", "backward", "clip", "optimizer", "ema", "other")
 # Operations that only make a new tensor header over the same memory (besides those whose schema
 # says they alias their input, func.is_view): a GPU launches no kernel for them.
 METADATA = {"_unsafe_view", "split", "unbind", "split_with_sizes", "chunk", "_reshape_alias"}
@@ -104,6 +110,17 @@ class OpCounter(TorchDispatchMode):
         return c
 
 
+class HostIterator:
+    """The data loader's iterator, its items counted as host operations."""
+
+    def __init__(self, it, counter: OpCounter):
+        self.it, self.counter = it, counter
+
+    def __next__(self):
+        with self.counter.within("host"):
+            return next(self.it)
+
+
 def instrument(trainer, counter: OpCounter) -> contextlib.ExitStack:
     """Wrap the step's pieces so that each operation is counted under its part. Undone on exit."""
     from xurdif.train import batch as batch_mod
@@ -125,6 +142,17 @@ def instrument(trainer, counter: OpCounter) -> contextlib.ExitStack:
 
     patch(trainer, "micro_batch", "batch")
     patch(batch_mod.draws, "noise", "noise")
+    # Operations on host tensors: the per-sample draws, the data loader's crops and flips, the
+    # augmentation's matrices. On a GPU they run on the CPU beside it and launch nothing there.
+    patch(batch_mod.augment, "draw_params", "host")
+    patch(batch_mod.augment, "plan", "host")
+    patch(batch_mod.draws, "timesteps_and_levels", "host")
+    patch(trainer.batches.loss, "levels", "host")
+    source = trainer.batches.source
+    if getattr(source, "feed", None) is not None:  # the loader's iterator, opened by the warm-up steps
+        feed = source.feed
+        source.feed = HostIterator(feed, counter)
+        stack.callback(lambda: setattr(source, "feed", feed))
     # Loss.__call__ is looked up on the class: wrap the instance's call through the trainer.
     real_loss = trainer.loss
     trainer.loss = counter.wrap(real_loss, "loss")
@@ -164,8 +192,28 @@ def count_step(trainer, warmup: int = 3) -> OpCounter:
     return counter
 
 
+def device_kernels(c: OpCounter) -> int:
+    """What one eager step launches on a GPU: the operations that are no views and do not run
+    on host tensors."""
+    return c.total(kernels=True) - c.total("host", kernels=True)
+
+
+# With train.compile: reduce-overhead (one process) these parts are the step's two CUDA graphs
+# (the forward with its loss terms, and its backward) and the noise one compiled kernel.
+GRAPHED = ("net fwd", "loss", "backward")
+
+
+def graphed_kernels(c: OpCounter) -> int:
+    """What the same step launches with train.compile: reduce-overhead: two graph replays, one
+    noise kernel, and the eager rest as counted here (an upper bound: the graphs' capture is
+    checked on a GPU only, tests/test_cuda.py)."""
+    return device_kernels(c) - sum(c.total(p, kernels=True) for p in (*GRAPHED, "noise")) + 2 + 1
+
+
 def table(name: str, c: OpCounter, top: int, detail: bool = False) -> str:
-    lines = [f"{name}: {c.total()} aten operations in one step, {c.total(kernels=True)} of them not views",
+    lines = [f"{name}: {c.total()} aten operations in one step, {c.total(kernels=True)} of them not views; "
+             f"on a GPU {device_kernels(c)} kernel launches (no views, no host operations), "
+             f"{graphed_kernels(c)} with train.compile: reduce-overhead (CUDA graphs)",
              f"  {'part':<10} {'ops':>6} {'kernels':>8}"]
     for p in PARTS:
         if c.total(p):
@@ -194,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer = make_trainer(a.recipe, preset, a.size, a.batch, Path(tmp) / preset, a.set)
             c = count_step(trainer, a.warmup)
             print(table(f"{preset} {a.size}px batch {a.batch}", c, a.top, a.detail), flush=True)
-            results[preset] = {"total": c.total(), "kernels": c.total(kernels=True),
+            results[preset] = {"total": c.total(), "kernels": c.total(kernels=True), "host": c.total("host"),
+                               "device_kernels": device_kernels(c), "graphed_kernels": graphed_kernels(c),
                                "parts": {p: c.total(p) for p in PARTS},
                                "kernel_parts": {p: c.total(p, True) for p in PARTS},
                                "top": dict(c.names().most_common(a.top)),

@@ -189,3 +189,38 @@ def test_trainer_applies_switches_and_keeps_the_result(tmp_path, monkeypatch):
     # Training moved the weights, a few lr at most: the init is the Trainer's.
     assert 1e-3 < moved.abs().max() < 0.05, moved.abs().max()
     assert apart.norm() < 0.1 * moved.norm(), (apart.norm(), moved.norm())
+
+
+@pytest.mark.slow
+def test_trainer_compiles_loss_and_network_as_one_graph(tmp_path, monkeypatch):
+    """One process: train.compile traces the step's forward (the batch in, loss terms of
+    edge-L1 + SSIM and the augmented network out) as one graph with no break (fullgraph), and
+    the batch's noise as another, and trains as eagerly. aot_eager stands in for inductor (whose C++ build takes minutes here)."""
+    from accelerate.state import AcceleratorState
+
+    from xurdif.recipe import load_recipe
+    from xurdif.train.loop import Trainer, make_accelerator
+    from xurdif.train.outputs import RunOutputs
+
+    real, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or real(
+        fn, backend="aot_eager", fullgraph=True, dynamic=kw.get("dynamic")))
+    weights = {}
+    for name, value in (("eager", "false"), ("compiled", "true")):
+        AcceleratorState._reset_state(True)
+        recipe = load_recipe(ROOT / "tests" / "recipes" / "fixture.yaml", [
+            f"train.output_dir={tmp_path / name}", f"train.compile={value}", "data.size=16", "train.steps=100",
+            "loss.edge_l1=0.5", "loss.ssim=0.2", "augment.p=0.5", "log.every_steps=100"])
+        trainer = Trainer(recipe, make_accelerator(recipe), RunOutputs(recipe, recipe.run_dir, True))
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        for _ in range(3):
+            trainer.step()
+        net = trainer.model.acc.unwrap_model(trainer.model.net)
+        assert getattr(net, "_compiled_call_impl", None) is None  # the network is not compiled on its own
+        weights[name] = {k: v.clone() for k, v in net.state_dict().items()}
+    assert calls == [{}, {"dynamic": True}]  # true: the default mode; the noise (xurdif.train.draws) too
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # forward and noise: no recompile
+    a, b = weights["eager"], weights["compiled"]
+    worst = max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-5, worst

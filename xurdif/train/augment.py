@@ -84,22 +84,30 @@ def _matrices(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([a, t.unsqueeze(-1)], dim=2)
 
 
-def apply(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Augment a batch x [N, C, H, W] in [-1, 1] as its labels say (rows of zeros: unchanged).
-
-    `labels` stay on the CPU, where draw_params made them: which rows to warp is
-    decided there, without waiting for the device."""
+def plan(labels: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The host's part of `apply`, on the CPU where draw_params made the labels: (the rows to
+    warp, their [n, 2, 3] affine maps, the [N, 3] colour labels), None for what no row needs.
+    Decided without waiting for the device."""
     labels = labels.float().cpu()
-    geometric = (labels[:, :7].abs().sum(1) > 0).nonzero().flatten()
-    if len(geometric):
-        h, w = x.shape[-2:]
-        mats = _matrices(labels[geometric], h, w).to(x.device, x.dtype)
-        idx = geometric.to(x.device, non_blocking=True)
+    rows = (labels[:, :7].abs().sum(1) > 0).nonzero().flatten()
+    colour = labels[:, 7:] if bool((labels[:, 7:].abs().sum(1) > 0).any()) else None
+    if not len(rows):
+        return None, None, colour
+    return rows, _matrices(labels[rows], h, w), colour
+
+
+def apply(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Augment a batch x [N, C, H, W] in [-1, 1] as its labels say (rows of zeros: unchanged)."""
+    h, w = x.shape[-2:]
+    rows, mats, colour = plan(labels, h, w)
+    if rows is not None:
+        idx = rows.to(x.device, non_blocking=True)
         warped = kornia.geometry.transform.warp_affine(
-            x[idx], mats, (h, w), mode="bilinear", padding_mode="reflection", align_corners=True)
+            x[idx], mats.to(x.device, x.dtype), (h, w), mode="bilinear", padding_mode="reflection",
+            align_corners=True)
         x = x.index_copy(0, idx, warped)
-    if bool((labels[:, 7:].abs().sum(1) > 0).any()):
-        dev = labels[:, 7:].to(x.device, non_blocking=True)
+    if colour is not None:
+        dev = colour.to(x.device, non_blocking=True)
         b, c, s = (dev[:, i].view(-1, 1, 1, 1) for i in range(3))
         luma = x.mean(1, keepdim=True)
         x = luma + (x - luma) * torch.exp2(s)

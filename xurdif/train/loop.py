@@ -25,7 +25,7 @@ from .feed import Layout
 from .loss import Loss
 from .lr import learning_rate
 from .model import Model
-from .network import exported_meta
+from .network import compile_forward, exported_meta
 from .monitor import FIRST_EVAL_AFTER_S, BestModel, KidMonitor
 from .nonfinite import NonFiniteCounter, NonFiniteError
 from .outputs import RunOutputs
@@ -52,6 +52,7 @@ class Trainer:
         self.global_batch = t.batch_size * self.world * t.grad_accum
         self.state = RunState.fresh(recipe, self.global_batch, self.world)
         self.loss = Loss(recipe, m.meta, m.schedule, lambda *a, **k: loss_terms(*a, **k))
+        self.forward = compile_forward(lambda b: self.loss(m.denoise, b), t, self.world)
         layout = Layout(t.seed, t.batch_size, self.world, self.rank, t.grad_accum, m.schedule.T)
         self.batches = Batches(recipe, self.data, layout, self.loss, dev)
         self.budget = TimeBudget(recipe, self.global_batch, born, lambda v: from_main(accelerator, v), REFIT_UNTIL)
@@ -126,7 +127,9 @@ class Trainer:
             b = self.micro_batch(k)
             # DDP all-reduces gradients only on the last micro-batch.
             with contextlib.nullcontext() if k == accum - 1 else acc.no_sync(m.net):
-                total, terms = self.loss(m.denoise, b)
+                if m.graphs:  # a new iteration: the CUDA graphs may reuse the last one's output memory
+                    torch.compiler.cudagraph_mark_step_begin()
+                total, terms = self.forward(b)
                 acc.backward(total / accum)
             for name, v in {**terms, TOTAL: total}.items():
                 v = v.detach() / accum if accum > 1 else v.detach()  # no division by 1 (bench/op_count.py)

@@ -28,7 +28,8 @@ class Model:
         self.schedule = make_schedule(self.meta.schedule, self.meta.timesteps)
         self.ema = make_ema(net).to(dev)
         self.posthoc = PosthocEmas(net, recipe.ema.posthoc_stds, dev) if recipe.ema.posthoc_stds else None
-        net = compile_network(net, recipe.train)  # after the EMA copies: the EMAs run eager
+        if acc.num_processes > 1:  # one process compiles the loss with the network (Trainer)
+            net = compile_network(net, recipe.train)  # after the EMA copies: the EMAs run eager
         self.graphs = uses_cuda_graphs(recipe.train, dev)
         self.adamw = make_optimizer(net, recipe.optim, dev)
         self.net, self.opt = acc.prepare(net, self.adamw)
@@ -37,8 +38,6 @@ class Model:
         self.skip_on_device = self.adamw.defaults["fused"] and recipe.train.mixed_precision != "fp16"
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
-        if self.graphs:  # a new training iteration: the graphs may reuse the last one's output memory
-            torch.compiler.cudagraph_mark_step_begin()
         with self.acc.autocast():
             return self.net(x, t, **({"aug": aug} if aug is not None else {})).float()
 

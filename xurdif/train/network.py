@@ -131,10 +131,22 @@ def uses_cuda_graphs(cfg: TrainCfg, device: torch.device) -> bool:
     return device.type == "cuda" and compile_mode(cfg) in ("reduce-overhead", "max-autotune")
 
 
+def _mode_options(mode: str) -> dict:
+    return {} if mode == "default" else {"mode": mode}
+
+
+def compile_forward(fn, cfg: TrainCfg, world: int):
+    """train.compile for one process: the step's forward, loss terms and network together, as one
+    graph (a backward graph with it), so the loss's kernels fuse and CUDA graphs hold them too.
+    Several processes compile the network alone, inside DDP (Model)."""
+    mode = compile_mode(cfg)
+    return fn if mode is None or world > 1 else torch.compile(fn, **_mode_options(mode))
+
+
 def compile_network(net: torch.nn.Module, cfg: TrainCfg, **options) -> torch.nn.Module:
     """train.compile: in place (Module.compile), so state_dict keys stay those of the model file.
     `options` go to torch.compile (tests pick a backend that needs no C++ compiler run)."""
     mode = compile_mode(cfg)
     if mode is not None:
-        net.compile(**({} if mode == "default" else {"mode": mode}), **options)
+        net.compile(**_mode_options(mode), **options)
     return net

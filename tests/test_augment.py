@@ -53,6 +53,24 @@ def test_geometric_ops_are_exact_pixel_moves():
     torch.testing.assert_close(augment.apply(x, torch.zeros(1, augment.AUG_DIM)), x)
 
 
+def test_warp_gives_kornia_warp_affines_numbers():
+    """apply's warp, its matrices prepared on the host (augment.plan), equals
+    kornia.geometry.transform.warp_affine on the pixel-space maps bit for bit (on the CPU)."""
+    import kornia
+
+    cfg = AugmentCfg(p=1.0, xflip=True, yflip=True, rotate90=True, translate=0.125, scale=0.2, color=True)
+    for size in (16, 24):
+        labels = augment.draw_params(cfg, 3, range(40, 56), size)
+        x = torch.rand(16, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2 - 1
+        rows, normalised, colour = augment.plan(labels, size, size)
+        assert len(rows) >= 14 and colour is not None
+        want = kornia.geometry.transform.warp_affine(x[rows], augment._matrices(labels[rows], size, size),
+                                                     (size, size), mode="bilinear", padding_mode="reflection",
+                                                     align_corners=True)
+        assert torch.equal(augment.warp(x[rows], normalised), want)
+    assert augment.plan(torch.zeros(4, augment.AUG_DIM), 16, 16) == (None, None, None)
+
+
 def test_scale_and_colour():
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     big = augment.apply(x, _label(log2_scale=1.0))  # zoom in 2x: the centre pixels spread out

@@ -17,9 +17,15 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import kornia
+from functools import lru_cache
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
+# warp_affine's own closed-form 3x3 inverse: the same numbers as kornia gives (a private name,
+# pinned by tests/test_augment.py's comparison with warp_affine).
+from kornia.geometry.transform.imgwarp import _inverse_3x3_closed_form
 
 from ..recipe import AugmentCfg
 from ..seeds import derive_seed
@@ -86,14 +92,36 @@ def _matrices(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def plan(labels: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The host's part of `apply`, on the CPU where draw_params made the labels: (the rows to
-    warp, their [n, 2, 3] affine maps, the [N, 3] colour labels), None for what no row needs.
-    Decided without waiting for the device."""
+    warp, their [n, 3, 3] maps from normalised output to normalised source coordinates, the
+    [N, 3] colour labels), None for what no row needs. Decided without waiting for the device,
+    and the matrix arithmetic (kornia.geometry.transform.warp_affine's, ~40 operations) done
+    here instead of there: on a GPU each was a kernel launch (bench/op_count.py)."""
     labels = labels.float().cpu()
     rows = (labels[:, :7].abs().sum(1) > 0).nonzero().flatten()
     colour = labels[:, 7:] if bool((labels[:, 7:].abs().sum(1) > 0).any()) else None
     if not len(rows):
         return None, None, colour
-    return rows, _matrices(labels[rows], h, w), colour
+    to_pixels = convert_affinematrix_to_homography(_matrices(labels[rows], h, w))
+    return rows, _inverse_3x3_closed_form(normalize_homography(to_pixels, (h, w), (h, w), align_corners=True)), colour
+
+
+@lru_cache(maxsize=8)
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """warp_affine's normalised output coordinates (align_corners=True), built once per size."""
+    ys, xs = (torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1
+              else torch.zeros(1, device=device, dtype=dtype) for n in (h, w))
+    return torch.meshgrid(ys, xs, indexing="ij")
+
+
+def warp(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """kornia.geometry.transform.warp_affine's eager path (bilinear, reflection, align_corners),
+    from the normalised matrices `plan` made: the same numbers (tests/test_augment.py), in a
+    dozen operations on the device."""
+    base_y, base_x = _base_grid(x.shape[-2], x.shape[-1], x.device, x.dtype)
+    gx = m[:, 0, 0, None, None] * base_x + m[:, 0, 1, None, None] * base_y + m[:, 0, 2, None, None]
+    gy = m[:, 1, 0, None, None] * base_x + m[:, 1, 1, None, None] * base_y + m[:, 1, 2, None, None]
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
 def apply(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -102,10 +130,7 @@ def apply(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     rows, mats, colour = plan(labels, h, w)
     if rows is not None:
         idx = rows.to(x.device, non_blocking=True)
-        warped = kornia.geometry.transform.warp_affine(
-            x[idx], mats.to(x.device, x.dtype), (h, w), mode="bilinear", padding_mode="reflection",
-            align_corners=True)
-        x = x.index_copy(0, idx, warped)
+        x = x.index_copy(0, idx, warp(x[idx], mats.to(x.device, x.dtype, non_blocking=True)))
     if colour is not None:
         dev = colour.to(x.device, non_blocking=True)
         b, c, s = (dev[:, i].view(-1, 1, 1, 1) for i in range(3))

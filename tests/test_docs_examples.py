@@ -46,7 +46,8 @@ from xurdif import yamlfile
 from xurdif.guidance.config import KEYS as GUIDANCE_KEYS
 from xurdif.guidance.config import GuidanceError, parse_guidance
 from xurdif.recipe.schema import Recipe
-from xurdif.render.jobs import Job, JobError, parse_prompts_text, parse_yaml_text
+from xurdif.render.job_files import parse_prompts_text, parse_yaml_text
+from xurdif.render.jobs import Job, JobError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -12,7 +12,8 @@ from PIL import Image
 
 from xurdif.data import open_dataset
 from xurdif.recipe import DataCfg, RecipeError, load_recipe
-from xurdif.render.jobs import Job, JobError, load_jobs
+from xurdif.render.job_files import load_jobs
+from xurdif.render.jobs import Job, JobError
 from xurdif.shown import clean, shown
 
 FIXTURE = Path(__file__).parent / "fixtures" / "emoji-faces-32"

@@ -13,7 +13,8 @@ import yaml
 from xurdif.guidance import GuidanceCfg, parse_guidance
 from xurdif.options import convert
 from xurdif.recipe import Recipe, RecipeError, load_recipe
-from xurdif.render.jobs import Job, JobError, load_jobs, parse_prompts_text
+from xurdif.render.job_files import load_jobs, parse_prompts_text
+from xurdif.render.jobs import Job, JobError
 
 
 def fields_where(cls: type, want, prefix: str = "") -> list[tuple[str, typing.Any, typing.Mapping]]:

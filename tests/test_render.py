@@ -19,7 +19,8 @@ from xurdif.guidance import GuidanceCfg
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
-from xurdif.render.jobs import Job, JobError, load_jobs, parse_prompts_text, render_seed
+from xurdif.render.job_files import load_jobs, parse_prompts_text
+from xurdif.render.jobs import Job, JobError, render_seed
 from xurdif.render.run import render
 from xurdif.weights import ModelMeta, save_model_file
 

@@ -15,7 +15,8 @@ from xurdif.guidance import guided
 from xurdif.models.unet import UNet, unet_config
 from xurdif.render import outputs
 from xurdif.render.cli import main
-from xurdif.render.jobs import Job, parse_prompts_text
+from xurdif.render.job_files import parse_prompts_text
+from xurdif.render.jobs import Job
 from xurdif.render.plan import tiling
 from xurdif.render.run import render
 from xurdif.weights import load_denoiser

@@ -188,7 +188,8 @@ def test_fitted_schedule_is_reproducible_and_no_worse_than_where_it_starts(tmp_p
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "edm"])
 def test_every_sampler_renders_img2img_tiles_wrap_and_merge(tmp_path, sampler):
-    from xurdif.render.jobs import load_jobs, Job
+    from xurdif.render.job_files import load_jobs
+    from xurdif.render.jobs import Job
     from xurdif.render.run import render
 
     a = save_tiny_model(tmp_path / "a.safetensors", prediction="x0")

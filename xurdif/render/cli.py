@@ -14,7 +14,8 @@ from ..diffusion.samplers import SAMPLERS
 from ..diffusion.spacing import SPACINGS
 from ..sampling.defaults import AUTO
 from .gallery import write_gallery
-from .jobs import Job, JobError, load_jobs, make_job
+from .job_files import load_jobs
+from .jobs import Job, JobError, make_job
 from ..weights import resolve_model_path
 from .run import render
 

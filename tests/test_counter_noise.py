@@ -23,7 +23,7 @@ def splitmix(z: int) -> int:
 
 
 def reference_normals(seed: int, p: int, size: int) -> list[float]:
-    """counter_noise's numbers for position p, computed with Python integers and floats."""
+    """draws.keyed_noise's numbers for position p, computed with Python integers and floats."""
     import math
 
     key = splitmix((derive_seed(seed, "noise", bits=64) + p * GOLDEN) & MASK)

@@ -15,9 +15,8 @@ elementwise colour operations.
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -65,19 +65,14 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _lsr(z, 31)
 
 
-def counter_noise(seed: int, start: int, n: int, shape: tuple[int, ...],
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """[n, *shape] N(0, 1) noise of stream positions start .. start + n - 1, the whole batch at
-    once from integer counters: position p's numbers are SplitMix64's stream from the key
-    mix(base + p * golden), each 64-bit output two 24-bit uniforms and, by Box-Muller, two normals
-    (the first half of the sample's elements from the cosines, the second from the sines).
-    A function of (seed, p) alone, with no generator state: one fused kernel once compiled
-    (`compiled_keyed_noise`), and a CUDA graph can hold it (issue 33)."""
-    return keyed_noise(derive_seed(seed, "noise", bits=64), start, n, shape, device)
-
-
 def keyed_noise(base: int, start: int, n: int, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    """counter_noise from its 64-bit base key: torch operations only, for torch.compile."""
+    """[n, *shape] N(0, 1) noise of stream positions start .. start + n - 1 ("counter-1"), the
+    whole batch at once from integer counters: position p's numbers are SplitMix64's stream from
+    the key mix(base + p * golden), base = derive_seed(seed, "noise", bits=64); each 64-bit
+    output gives two 24-bit uniforms and, by Box-Muller, two normals (the first half of the
+    sample's elements from the cosines, the second from the sines). A function of (seed, p)
+    alone, with no generator state, in torch operations only: one fused kernel once compiled
+    (`compiled_keyed_noise`), and a CUDA graph can hold it (issue 33)."""
     size = math.prod(shape)
     half = (size + 1) // 2
     pos = torch.arange(n, device=device, dtype=torch.int64) + start

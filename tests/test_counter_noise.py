@@ -111,3 +111,22 @@ def test_compiled_noise_is_one_kernel_and_equals_eager():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # no recompile per step
     assert metrics.generated_kernel_count == 1
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)  # libm against inductor's vector maths
+
+
+def test_the_trainer_draws_with_its_runs_version(tmp_path):
+    """Trainer.micro_batch draws the noise its state records: counter-1 for a new run, the
+    per-sample draws for a run resumed from a checkpoint that started with them."""
+    from accelerate.state import AcceleratorState
+
+    from xurdif.train.loop import Trainer, make_accelerator
+    from xurdif.train.outputs import RunOutputs
+
+    AcceleratorState._reset_state(True)
+    recipe = load_recipe("tests/recipes/fixture.yaml", [f"train.output_dir={tmp_path}", "data.size=8"])
+    trainer = Trainer(recipe, make_accelerator(recipe), RunOutputs(recipe, recipe.run_dir, True))
+    n = recipe.train.batch_size
+    for version in ("counter-1", "device-noise-1"):
+        trainer.state.noise_draws = version
+        eps = trainer.micro_batch(0).eps
+        want = draws.noise(recipe.train.seed, range(n), tuple(eps.shape[1:]), "cpu", version)
+        assert torch.equal(eps, want), version

@@ -1,9 +1,10 @@
 """Time of a micro-batch's per-sample draws: the seeded host generator per sample that
-training used before (noise drawn on the host, then copied to --device), against
-xurdif/train/draws.py (timesteps and levels on the host, the noise drawn on --device by a
-generator there, seeded per sample).
+training used first (noise drawn on the host, then copied to --device), against
+xurdif/train/draws.py (timesteps and levels on the host; the noise on --device, by a generator
+there seeded per sample ("device-noise-1"), and from integer counters ("counter-1", eager and,
+with --compiled, through torch.compile as train.compile draws it)).
 
-    python bench/draws_speed.py --sizes 64 128 256 --batch 64 --threads 2
+    python bench/draws_speed.py --sizes 64 128 256 --batch 64 --threads 2 [--compiled]
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="where the training noise is drawn (cpu, cuda)")
+    ap.add_argument("--compiled", action="store_true", help="also the compiled counter draw (train.compile)")
     args = ap.parse_args(argv)
     import torch
 
@@ -51,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     print(f"batch {args.batch}, {args.threads} threads, device {dev}; best of {args.repeats}")
-    print("| px | before: host draws + copy, ms | now: host draws ms | now: noise on the device ms | before / now |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| px | before: host draws + copy, ms | host draws ms | per-sample noise on the device ms "
+          "| counter noise ms | compiled counter noise ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
     positions = range(1000, 1000 + args.batch)
+    compiled = draws.compiled_keyed_noise() if args.compiled else None
     for size in args.sizes:
         shape = (3, size, size)
 
@@ -63,15 +67,19 @@ def main(argv: list[str] | None = None) -> int:
                 eps.pin_memory().to(dev, non_blocking=True)
             sync()
 
-        def noise():
-            draws.noise(0, positions, shape, dev)
-            sync()
+        def timed(version, keyed=draws.keyed_noise):
+            def run():
+                draws.noise(0, positions, shape, dev, version, keyed)
+                sync()
+            run()  # warm-up (and compilation)
+            return best_of(run, args.repeats)
 
         old = best_of(before, args.repeats)
         host = best_of(lambda: draws.timesteps_and_levels(0, positions, 1000), args.repeats)
-        noise()
-        on_dev = best_of(noise, args.repeats)
-        print(f"| {size} | {old * 1e3:.1f} | {host * 1e3:.2f} | {on_dev * 1e3:.1f} | {old / (host + on_dev):.1f}x |")
+        per_sample, counter = timed("device-noise-1"), timed("counter-1")
+        fused = f"{timed('counter-1', compiled) * 1e3:.2f}" if compiled else "-"
+        print(f"| {size} | {old * 1e3:.1f} | {host * 1e3:.2f} | {per_sample * 1e3:.2f} | {counter * 1e3:.2f} "
+              f"| {fused} |", flush=True)
     return 0
 
 

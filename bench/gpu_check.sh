@@ -71,9 +71,9 @@ section "cuda tests" 150 "$OUT_DIR/tests.log" \
 section "sync check" 60 "$OUT_DIR/sync.log" \
     "$PY" -m pytest -m cuda -q -rA tests/test_cuda.py -k no_host_sync
 
-# ---- 2b. the per-sample draws: host generators + copy (before) vs the noise drawn on the GPU
-section "draws" 30 "$OUT_DIR/draws.log" \
-    "$PY" bench/draws_speed.py --device cuda --sizes 64 128 256 --batch 64 --threads 2
+# ---- 2b. the per-sample draws: host generators + copy (first), the per-sample GPU generators, the counter draw
+section "draws" 60 "$OUT_DIR/draws.log" \
+    "$PY" bench/draws_speed.py --device cuda --sizes 64 128 256 --batch 64 --threads 2 --compiled
 
 # ---- 3. throughput table: the real Trainer step, bf16, real vs synthetic input
 section "throughput eager" 100 "$OUT_DIR/table-eager.log" \

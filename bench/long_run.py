@@ -18,6 +18,8 @@ Three steps, each a subcommand:
          test) and each test's own. Writes a JSON per run,
          curves (SVG) and sample grids at three points, and the closest pairs of the
          model keep-best kept and of the last one. Runs on the CPU afterwards.
+  floor  what the split's own images score against the held-out ones: the level a
+         copy-free model can aim at (a perfect copier; new images of the same kind).
 
   .venv/bin/python bench/long_run.py split --out runs/long --train 100 --heldout 204
   .venv/bin/python bench/long_run.py train --out runs/long --size 32 --minutes 60 \\
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=256)
     e.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
     e.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    f = sub.add_parser("floor", help="what the split's images themselves score: the training images (a perfect "
+                                     "copier) and half the held-out images against the other half")
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--size", type=int, default=32, help="image size scored at (default 32)")
     return p
 
 
@@ -403,9 +409,32 @@ def posthoc(args) -> None:
                   f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
 
 
+def floor(args) -> None:
+    """`floor`: KID against the held-out images of the training images themselves (all of them,
+    and 256 draws with repeats, as a copier samples), and of half the held-out images against
+    the other half (new images of the same kind): the level a copy-free model can aim at."""
+    import torch
+
+    from xurdif.evaluate import InceptionFeatures, kid, load_folder
+
+    extractor = InceptionFeatures(device="cpu")
+    train_f = extractor(load_folder(args.out / "train", args.size))
+    held_f = extractor(load_folder(args.out / "heldout", args.size))
+    g = torch.Generator().manual_seed(0)
+    half = torch.randperm(held_f.shape[0], generator=g)
+    a, b = half[:held_f.shape[0] // 2], half[held_f.shape[0] // 2:]
+    draws = torch.randint(0, train_f.shape[0], (256,), generator=g)
+    for name, ref, feats in (("the training images (a perfect copier)", held_f, train_f),
+                             ("256 draws of them with repeats", held_f, train_f[draws]),
+                             ("half the held-out images against the other half", held_f[a], held_f[b])):
+        mean, std = kid(ref, feats)
+        print(f"{name}: KID {mean * 1e3:.1f} ± {std * 1e3:.1f} x1e3", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc}[args.command](args)
+    {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc,
+     "floor": floor}[args.command](args)
     return 0
 
 

@@ -149,6 +149,21 @@ def test_choose_records_the_lowest_kid_and_is_reproducible(tmp_path):
     assert [r["kid_x1e3"] for r in again] == [r["kid_x1e3"] for r in rows]
 
 
+def test_choose_with_a_fitted_schedule_says_so_and_keeps_the_report_fresh(tmp_path, capsys):
+    """sampling.fit: the fit (minutes on a larger network) is announced, and the live report is
+    rewritten after it as after each candidate."""
+    path = save_tiny_model(tmp_path / "m.safetensors", prediction="x0")
+    g = torch.Generator().manual_seed(0)
+    reference = features((torch.rand(40, 3, 16, 16, generator=g) * 255).to(torch.uint8))
+    done: list[int] = []
+    _, rows = choose_for_file(path, reference, features, steps=3, n=8, reference_name="noise", fit=True,
+                              after_each=lambda: done.append(1))
+    assert [r["spacing"] for r in rows][-1] == "fitted"
+    assert len(done) == len(candidates(3)) + 2  # the fit, each candidate, the fitted candidate
+    assert "m.safetensors: fitting a noise schedule to the model (3 steps) before the candidates" in \
+        capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_tune_sampler_tool(tmp_path, capsys):
     from pathlib import Path

@@ -94,8 +94,12 @@ def choose_for_file(path: Path, reference: torch.Tensor, extractor: Callable, st
     if fit and steps >= 3:
         from .fit import fit_curve
 
+        if progress:  # minutes with a larger network: say what the wait is for
+            tqdm.write(f"{path.name}: fitting a noise schedule to the model ({steps} steps) before the candidates")
         fitted, report = fit_curve(den, size, steps, seed=seed, device=device)
         curve, evidence = tuple(fitted), {"fit": report}
+        if after_each is not None:  # a live report left unwritten for that long would call the run stopped
+            after_each()
     settings = candidates(steps)
     if curve:
         settings.append(Sampling("dpmpp_2m", steps, "fitted", 0.0, curve))

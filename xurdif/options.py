@@ -5,8 +5,8 @@ mean" hints for unknown keys and choices.
 
 `convert` reports `Problem`s instead of raising: a recipe lists every problem
 at once, a job line or a guidance block stops at the first. `say` words a
-problem in the `Voice` of the input it came from (each is pinned by tests and
-known to users), and `OptionError` carries the lines, whatever they configure.
+problem in the `Voice` of the input it came from (xurdif/wording.py, with the
+"did you mean" hints and `OptionError`, which carries the lines).
 
 Choices are a field's `Literal[...]` arguments or its metadata `choices`;
 ranges are its metadata `min` / `max` (see `opt`).
@@ -19,16 +19,15 @@ words, when the key has exactly one; the user wrote the choice, not a boolean.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal
 
-from .shown import shown
+from .wording import close_matches
 
 # The words YAML 1.1 reads as each boolean (pyyaml: yes/no/true/false/on/off;
 # the spec adds y/n). Lower case: YAML also reads Yes, NO, Off, ...
@@ -38,18 +37,6 @@ TEXT_BOOLS = {w: b for b, words in YAML_BOOL_WORDS.items() for w in words}
 _INT_TEXT = re.compile(r"\s*-?\d{1,40}\s*")  # longer is no setting, and past 4300 digits int() raises
 
 
-def close_matches(word: Any, valid: Iterable[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
-    """The valid names closest to `word`, best first (the one "did you mean" source)."""
-    return difflib.get_close_matches(str(word), list(valid), n=n, cutoff=cutoff)
-
-
-def did_you_mean(hints: Sequence[str], quote: bool = True) -> str:
-    """"did you mean 'x'?" for the closest valid names ("" for none): the one wording of a hint."""
-    if not hints:
-        return ""
-    return f"did you mean {', '.join(repr(h) if quote else str(h) for h in hints)}?"
-
-
 def opt(default: Any, **metadata: Any) -> Any:
     """A dataclass field with its default and what `convert` checks: `min` / `max`
     (inclusive; `min_open=True` leaves min itself out) and `choices`; `doc` says in
@@ -57,27 +44,6 @@ def opt(default: Any, **metadata: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(type(default), default), metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-def suggest_key(dotted: str, valid: list[str]) -> str | None:
-    """The valid dotted key closest to `dotted`: a section for a top-level key,
-    a key of the same section, the same key name in another section, or the
-    closest dotted key."""
-    section, _, leaf = dotted.rpartition(".")
-    if not section:  # top level: a section (or a top-level key) is meant
-        near = close_matches(leaf, sorted({k.split(".")[0] for k in valid}))
-        if near:
-            return near[0]
-    same = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
-    near = close_matches(leaf, same)
-    if near:
-        return same[near[0]]
-    by_leaf = {k.rpartition(".")[2]: k for k in valid}
-    near = close_matches(leaf, by_leaf)
-    if near:
-        return by_leaf[near[0]]
-    near = close_matches(dotted, valid, cutoff=0.5)
-    return near[0] if near else None
 
 
 def leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -305,56 +271,3 @@ def convert(cls: type, data: Any, *, text: bool = False, names: Iterable[str] | 
             continue
         values[key] = value
     return values, problems
-
-
-# ---------------------------------------------------------------- wording
-
-
-class OptionError(ValueError):
-    """Bad options, whatever they configure (a recipe, a job, a guidance block): one line
-    per problem. `key` is the option the first line is about, so that a caller who knows
-    where each key was written can point at its line."""
-
-    def __init__(self, problems: str | Iterable[str], key: str = ""):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        self.key = key
-        super().__init__("\n".join(self.problems))
-
-
-@dataclass(frozen=True)
-class Voice:
-    """How one kind of input words a Problem, kind by kind: templates that `say` fills
-    with key, value, hint, valid, expected, span, note, what, lo, hi and message."""
-
-    unknown: str
-    choice: str
-    type: str
-    range: str
-    invalid: str = "{message}"
-    mapping: str = "{key}: must be a mapping, got {value}"
-    hint: str = "{} "         # where "did you mean ...?" goes, when there is a close name
-    quote: bool = True        # the hint's names in quotes ('seed') or bare (optim.lr)
-    dots: bool = True         # a closed range as 1..1000, else as [1, 1000]
-    number: str = "a number"  # what a float field expects, in words
-
-
-def span(lo: Any, hi: Any, lo_open: bool = False, dots: bool = True) -> str:
-    """An allowed range in words: "in 1..1000", "in (0, 1]", ">= 1", "> 0", "<= 1"."""
-    if lo is not None and hi is not None:
-        return f"in {lo}..{hi}" if dots and not lo_open else f"in {'(' if lo_open else '['}{lo}, {hi}]"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo}"
-    return f"<= {hi}"
-
-
-def say(p: Problem, voice: Voice, valid: Iterable[str] = ()) -> str:
-    """The problem in one line, in the voice of its input: the one place problems are worded.
-    `valid` lists the valid names of an unknown key."""
-    near = did_you_mean(p.hint, voice.quote)
-    return getattr(voice, p.kind).format(
-        key=p.key, value=shown(p.value), hint=voice.hint.format(near) if near else "",
-        valid=", ".join(str(c) for c in (p.choices or valid)),
-        expected=voice.number if p.t is float else p.expected,
-        span=span(p.lo, p.hi, p.lo_open, voice.dots), note=f" ({p.doc})" if p.doc else "",
-        what=p.doc or p.expected, lo="-inf" if p.lo is None else p.lo, hi="inf" if p.hi is None else p.hi,
-        message=p.message)

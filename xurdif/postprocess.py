@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 import kornia
 import torch
 
-from .options import close_matches, coerce, did_you_mean
+from .options import coerce
+from .wording import close_matches, did_you_mean
 from .shown import shown
 
 Image = torch.Tensor  # [N, 3, H, W] in [0, 1]

@@ -16,7 +16,7 @@ from pathlib import Path
 from .cli_args import int_in
 from .diffusion.samplers import SAMPLERS
 from .diffusion.spacing import SPACINGS
-from .options import span
+from .wording import span
 from .postprocess import PRESETS, RANGES
 from .render.gallery import COMMAND_CSS, write_gallery
 from .render.jobs import Job

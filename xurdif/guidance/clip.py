@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..options import close_matches, did_you_mean
+from ..wording import close_matches, did_you_mean
 from .config import GuidanceError
 
 RANDOM_WEIGHTS = ("none", "random")

@@ -14,8 +14,9 @@ import re
 import typing
 from dataclasses import dataclass
 
-from ..options import OptionError, Problem, Voice, coerce, convert, opt, say
+from ..options import Problem, coerce, convert, opt
 from ..shown import shown
+from ..wording import OptionError, Voice, say
 
 
 class GuidanceError(OptionError):

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from .. import yamlfile
-from ..options import Problem, Voice, convert, describe_type, leaf_keys, say, suggest_key
+from ..options import Problem, convert, describe_type, leaf_keys
+from ..wording import Voice, say, suggest_key
 from ..shown import shown
 from .duration import parse_duration
 from .schema import Recipe, RecipeError

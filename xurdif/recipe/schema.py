@@ -9,7 +9,8 @@ from typing import Literal, Optional
 # A field with its default, range (min/max) and one-line doc. Recipe fields may also say
 # `safe=True`: a resumed run may change it (xurdif/train/cli.py), as it alters neither the
 # weights so far nor the meaning of the saved optimizer state and data position.
-from ..options import OptionError, opt
+from ..options import opt
+from ..wording import OptionError
 
 
 @dataclass(frozen=True)

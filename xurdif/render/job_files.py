@@ -28,8 +28,9 @@ from typing import Any
 import yaml
 
 from .. import yamlfile
-from ..options import Problem, close_matches, say
+from ..options import Problem
 from ..shown import shown
+from ..wording import close_matches, say
 from .jobs import JOB, Job, JobError, make_job
 
 JOB_FILE = dataclasses.replace(JOB, unknown="unknown key {key!r}; {hint}valid: {valid}")

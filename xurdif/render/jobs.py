@@ -13,11 +13,12 @@ from typing import Any, NamedTuple
 from ..diffusion.samplers import SAMPLERS
 from ..diffusion.spacing import SPACINGS
 from ..guidance.config import GuidanceCfg, parse_guidance
-from ..options import OptionError, Problem, Voice, coerce, convert, opt, say
+from ..options import Problem, coerce, convert, opt
 from ..postprocess import parse_chain
 from ..sampling.defaults import AUTO
 from ..seeds import derive_seed
 from ..shown import shown
+from ..wording import OptionError, Voice, say
 
 
 class JobError(OptionError):

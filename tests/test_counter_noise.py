@@ -1,16 +1,19 @@
 """Training noise from integer counters (draws "counter-1", issue 33): the whole batch in a
 fixed number of operations, bit for bit the SplitMix64 stream it documents, normal, and a run
 that started with the per-sample draws before it resumes with them."""
-import collections
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from xurdif.recipe import load_recipe
 from xurdif.seeds import derive_seed
 from xurdif.train import draws
 from xurdif.train.state import RunState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from op_count import OpCounter  # noqa: E402  (bench/op_count.py: the step's operation counter)
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -62,26 +65,16 @@ def test_counter_noise_is_standard_normal_and_independent():
         assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < 0.01
 
 
-class _Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_counter_noise_dispatches_as_many_operations_for_any_batch():
     counts = []
     for n in (4, 64):
-        with _Count() as c:
+        with OpCounter() as c:
             draws.noise(3, range(100, 100 + n), (3, 16, 16))
-        counts.append(sum(c.ops.values()))
+        counts.append(c.total())
     assert counts[0] == counts[1] <= 55
-    with _Count() as c:
+    with OpCounter() as c:
         draws.noise(3, range(100, 164), (3, 16, 16), version="device-noise-1")
-    assert c.ops["normal_"] == 64  # what it replaced: one kernel per sample
+    assert c.names()["normal_"] == 64  # what it replaced: one kernel per sample
 
 
 def test_a_run_resumes_with_the_noise_draws_it_started_with(caplog):

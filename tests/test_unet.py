@@ -225,3 +225,32 @@ def test_attention_parameter_names_and_shapes_unchanged():
     shapes = {k: tuple(v.shape) for k, v in Attention(64, head_dim=16, groups=8).state_dict().items()}
     assert shapes == {"norm.weight": (64,), "norm.bias": (64,), "qkv.weight": (192, 64, 1, 1),
                       "qkv.bias": (192,), "proj.weight": (64, 64, 1, 1), "proj.bias": (64,)}
+
+
+def test_the_blocks_time_projections_are_one_matmul_equal_to_each_blocks_own():
+    """UNet.time_projections: every ResBlock's scale and shift from one matmul over the blocks'
+    weights side by side (one GPU launch, not one per block), equal to each block's own Linear;
+    the weights stay in the blocks (model files keep their keys)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    net = UNet(**unet_config("tiny"))
+    emb = torch.randn(4, net.time_mlp[0].out_features)
+    blocks = [*net.down, net.mid1, net.mid2, *net.up]
+    with torch.no_grad():
+        merged = net.time_projections(emb)
+    assert len(merged) == len(blocks) == 10
+    for got, blk in zip(merged, blocks):
+        assert torch.allclose(got, blk.emb(emb), atol=1e-6, rtol=0)
+    assert all(f"{name}.emb.weight" in net.state_dict() for name in ("down.0", "mid1", "up.3"))
+
+    class Matmuls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket.__name__ in ("addmm", "mm", "bmm")
+            return func(*args, **(kwargs or {}))
+
+    with Matmuls() as m:
+        net.time_projections(emb)
+    assert m.n == 1

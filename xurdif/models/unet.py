@@ -69,9 +69,11 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+        """scale_shift: self.emb of the time embedding, [N, 2 * cout] (the U-Net computes every
+        block's at once: UNet.time_projections)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = scale_shift[:, :, None, None].chunk(2, dim=1)
         h = F.silu(torch.addcmul(shift, self.norm2(h), 1 + scale))
         h = self.conv2(self.dropout(h))
         return self.skip(x) + h
@@ -102,12 +104,12 @@ class Attention(nn.Module):
         return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
-def _block_attn(blk: ResBlock, att: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    return att(blk(x, emb))
+def _block_attn(blk: ResBlock, att: nn.Module, x: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+    return att(blk(x, scale_shift))
 
 
-def _mid(net: "UNet", x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    return net.mid2(net.mid_attn(net.mid1(x, emb)), emb)
+def _mid(net: "UNet", x: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    return net.mid2(net.mid_attn(net.mid1(x, first)), second)
 
 
 class UNet(nn.Module):
@@ -209,6 +211,16 @@ class UNet(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def time_projections(self, emb: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's scale and shift from the time embedding (down, mid, up order), as one
+        matmul over the blocks' weights side by side: one kernel launch where there was one per
+        block (a small preset's step is launch-bound on a GPU; docs/benchmarks.md). The weights
+        stay in each block's own Linear, so model files keep their keys."""
+        blocks = [*self.down, self.mid1, self.mid2, *self.up]
+        weight = torch.cat([b.emb.weight for b in blocks])
+        bias = torch.cat([b.emb.bias for b in blocks])
+        return list(F.linear(emb, weight, bias).split([b.emb.out_features for b in blocks], dim=1))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
         n, _, h, w = x.shape
         # Any size works: pad up to a multiple of the total downsampling, crop back.
@@ -218,18 +230,18 @@ class UNet(nn.Module):
         emb = timestep_embedding(t.reshape(-1).expand(n), self.base_width)
         if self.aug_map is not None and aug is not None:
             emb = emb + self.aug_map(aug.to(emb.dtype))
-        emb = self.time_mlp(emb)
+        proj = iter(self.time_projections(self.time_mlp(emb)))
 
         hs, b = [], self.blocks_per_level
         x = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         for j, (blk, att) in enumerate(zip(self.down, self.down_attn)):
-            x = self._run(self.down_levels[j], _block_attn, blk, att, x, emb)
+            x = self._run(self.down_levels[j], _block_attn, blk, att, x, next(proj))
             hs.append(x)
             if j % b == b - 1 and j // b < self.levels - 1:
                 x = F.avg_pool2d(x, 2)
-        x = self._run(self.levels - 1, _mid, self, x, emb)
+        x = self._run(self.levels - 1, _mid, self, x, next(proj), next(proj))
         for j, (blk, att) in enumerate(zip(self.up, self.up_attn)):
-            x = self._run(self.up_levels[j], _block_attn, blk, att, torch.cat([x, hs.pop()], dim=1), emb)
+            x = self._run(self.up_levels[j], _block_attn, blk, att, torch.cat([x, hs.pop()], dim=1), next(proj))
             if j % b == b - 1 and j // b < self.levels - 1:
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.out(F.silu(self.out_norm(x)))

@@ -18,7 +18,7 @@ RECIPE = ROOT / "recipes" / "small-data.yaml"  # x0, edge-L1 1.0 + SSIM 0.2, aug
 # cached and the EMA, the augmentation draws and the step statistics lost their per-tensor
 # operations, 1,472 after (bench/op_count.py --presets tiny --size 16). The bound leaves ~10 %.
 # (The issue's target, half of BEFORE, is not met eager: the network's forward and backward alone
-# dispatch ~1,090 of them; the compiled step meets it, counted by `op_count.py --compile`: 715 at
+# dispatch ~1,090 of them; the compiled step meets it, counted by `op_count.py --compile`: 671 at
 # 64 px, docs/benchmarks.md.) The counter-based noise added ~40 at batch 4 (fixed; it saved at 32):
 # 1,506; the blocks' time projections as one matmul (UNet.time_projections) took 74: 1,432.
 BEFORE, AFTER = 1750, 1432

@@ -67,7 +67,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PARTS = ("host", "batch", "noise", "net fwd", "loss", "net fwd+loss", "backward", "clip", "optimizer", "ema", "other")
+PARTS = ("host", "batch", "noise", "net fwd", "loss", "net fwd+loss", "backward", "clip", "optimizer", "ema",
+         "other")
 # Operations that only make a new tensor header over the same memory (besides those whose schema
 # says they alias their input, func.is_view): a GPU launches no kernel for them.
 # The optimizer's record_function markers (profiler ranges) launch nothing either.
@@ -185,8 +186,8 @@ def composite(op: str) -> bool:
         except RuntimeError:  # TorchScript's list overloads (select.t): no dispatcher entry
             return False
     # silu_backward has a composite fallback and a CPU kernel, which is what runs
-    return any(has(o, "CompositeImplicitAutograd") and not has(o, "CPU") and not has(o, "CompositeExplicitAutograd")
-               for o in _overloads(op))
+    return any(has(o, "CompositeImplicitAutograd") and not has(o, "CPU")
+               and not has(o, "CompositeExplicitAutograd") for o in _overloads(op))
 
 
 # Allocations: a compiled graph's wrapper makes its buffers with them; no kernel runs.
@@ -201,7 +202,7 @@ def no_kernel(op: str) -> bool:
 class HostIterator:
     """The data loader's iterator, its items counted as host operations."""
 
-    def __init__(self, it, counter: OpCounter):
+    def __init__(self, it, counter: Counts):
         self.it, self.counter = it, counter
 
     def __next__(self):
@@ -209,7 +210,7 @@ class HostIterator:
             return next(self.it)
 
 
-def instrument(trainer, counter: OpCounter) -> contextlib.ExitStack:
+def instrument(trainer, counter: Counts) -> contextlib.ExitStack:
     """Wrap the step's pieces so that each operation is counted under its part. Undone on exit."""
     from xurdif.train import batch as batch_mod
 
@@ -350,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         for preset in a.presets:
             trainer = make_trainer(a.recipe, preset, a.size, a.batch, Path(tmp) / preset, a.set)
             c = count_step(trainer, a.warmup, profiled=a.profile or bool(a.compile))
-            print(table(f"{preset} {a.size}px batch {a.batch}" + (f", train.compile {a.compile}" if a.compile else ""), c, a.top, a.detail), flush=True)
+            title = f"{preset} {a.size}px batch {a.batch}" + (f", train.compile {a.compile}" if a.compile else "")
+            print(table(title, c, a.top, a.detail), flush=True)
             results[preset] = {"total": c.total(), "kernels": c.total(kernels=True), "host": c.total("host"),
                                "device_kernels": device_kernels(c), "graphed_kernels": graphed_kernels(c),
                                "parts": {p: c.total(p) for p in PARTS},

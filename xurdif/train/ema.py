@@ -58,6 +58,9 @@ def update_ema_if(ema: torch.nn.Module, net: torch.nn.Module, decay: float, fini
     device, so the host never waits for the flag."""
     mine, theirs = _float_pairs(ema, net)
     weight = torch.where(finite, 1.0 - decay, 0.0).to(torch.float32)
+    # Three foreach operations, not _foreach_lerp_: its overloads take a Python number or a list
+    # of full-size weights (torch 2.14), none a 0-dim device tensor, and reading the flag on the
+    # host would wait for the step.
     deltas = torch._foreach_sub(theirs, mine)
     torch._foreach_mul_(deltas, weight)
     torch._foreach_add_(mine, deltas)

@@ -191,7 +191,7 @@ def composite(op: str) -> bool:
 
 
 # Allocations: a compiled graph's wrapper makes its buffers with them; no kernel runs.
-ALLOCATIONS = {"empty", "empty_strided", "new_empty_strided", "new_empty", "empty_like", "as_strided"}
+ALLOCATIONS = {"empty", "empty_strided", "new_empty_strided", "new_empty", "empty_like"}
 
 
 @functools.cache
@@ -213,6 +213,7 @@ class HostIterator:
 def instrument(trainer, counter: Counts) -> contextlib.ExitStack:
     """Wrap the step's pieces so that each operation is counted under its part. Undone on exit."""
     from xurdif.train import batch as batch_mod
+    from xurdif.train.network import compiles_forward
 
     stack = contextlib.ExitStack()
     m, acc = trainer.model, trainer.acc
@@ -242,7 +243,7 @@ def instrument(trainer, counter: Counts) -> contextlib.ExitStack:
         feed = source.feed
         source.feed = HostIterator(feed, counter)
         stack.callback(lambda: setattr(source, "feed", feed))
-    if compiled(trainer):  # one graph: a wrapper inside it would make dynamo compile again
+    if compiles_forward(trainer.r.train, trainer.world):  # one graph: a wrapper inside would recompile it
         patch(trainer, "forward", "net fwd+loss")
     else:
         # Loss.__call__ is looked up on the class: wrap the instance's call through the trainer.
@@ -256,13 +257,6 @@ def instrument(trainer, counter: Counts) -> contextlib.ExitStack:
     patch(m.opt, "zero_grad", "optimizer")
     patch(m, "update_emas", "ema")
     return stack
-
-
-def compiled(trainer) -> bool:
-    """Whether the step's forward with its loss is one compiled graph (train.compile, one process)."""
-    from xurdif.train.network import compile_mode
-
-    return compile_mode(trainer.r.train) is not None and trainer.world == 1
 
 
 def make_trainer(recipe_path: Path, preset: str, size: int, batch: int, out: Path, extra: list[str]):

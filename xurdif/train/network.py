@@ -135,12 +135,16 @@ def _mode_options(mode: str) -> dict:
     return {} if mode == "default" else {"mode": mode}
 
 
+def compiles_forward(cfg: TrainCfg, world: int) -> bool:
+    """Whether the step's forward with its loss terms is one compiled graph (train.compile, one process)."""
+    return compile_mode(cfg) is not None and world == 1
+
+
 def compile_forward(fn, cfg: TrainCfg, world: int):
     """train.compile for one process: the step's forward, loss terms and network together, as one
     graph (a backward graph with it), so the loss's kernels fuse and CUDA graphs hold them too.
     Several processes compile the network alone, inside DDP (Model)."""
-    mode = compile_mode(cfg)
-    return fn if mode is None or world > 1 else torch.compile(fn, **_mode_options(mode))
+    return torch.compile(fn, **_mode_options(compile_mode(cfg))) if compiles_forward(cfg, world) else fn
 
 
 def compile_network(net: torch.nn.Module, cfg: TrainCfg, **options) -> torch.nn.Module:

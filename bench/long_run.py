@@ -18,6 +18,7 @@ Three steps, each a subcommand:
          test) and each test's own. Writes a JSON per run,
          curves (SVG) and sample grids at three points, and the closest pairs of the
          model keep-best kept and of the last one. Runs on the CPU afterwards.
+  guide  autoguidance at length: a kept checkpoint guided by an earlier or smaller one.
   floor  what the split's own images score against the held-out ones: the level a
          copy-free model can aim at (a perfect copier; new images of the same kind).
 
@@ -98,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=256)
     e.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
     e.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    g = sub.add_parser("guide", help="autoguidance at length: a checkpoint guided by a worse one (Karras et al. "
+                                     "2024, D = D_bad + w (D_good - D_bad)), sampled and scored as `score` does")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--good", type=Path, required=True, help="checkpoint folder of the model to sample")
+    g.add_argument("--bad", type=Path, required=True, help="checkpoint folder of the guiding (worse) model: an "
+                                                           "earlier checkpoint, or a smaller network's")
+    g.add_argument("--w", default="1,1.25,1.5", help="comma-separated guidance weights (1 = no guidance)")
+    g.add_argument("--samples", type=int, default=256)
+    g.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
     f = sub.add_parser("floor", help="what the split's images themselves score: the training images (a perfect "
                                      "copier) and half the held-out images against the other half")
     f.add_argument("--out", type=Path, required=True)
@@ -409,6 +419,45 @@ def posthoc(args) -> None:
                   f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
 
 
+class Autoguided:
+    """D = D_bad + w (D_good - D_bad) on unclipped estimates, clipped once as Denoiser clips."""
+
+    def __init__(self, good, bad, w: float):
+        self.good, self.bad, self.w, self.schedule = good, bad, w, good.schedule
+        good.clip = bad.clip = False
+
+    def __call__(self, x, t):
+        d = self.good(x, t)
+        if self.w != 1:
+            b = self.bad(x, t)
+            d = b + self.w * (d - b)
+        return d.clamp(*self.good.value_range)
+
+    def to_image(self, x):
+        return self.good.to_image(x)
+
+
+def guide(args) -> None:
+    """`guide`: --good sampled with autoguidance by --bad at each weight (same sampler and seeds as
+    `score`), KID against the held-out images and copies."""
+    from xurdif.evaluate import InceptionFeatures, kid, load_folder
+    from xurdif.evaluate.memorisation import copy_verdict
+
+    good, meta, state = load_ema(args.good, "cpu")
+    bad, bad_meta, _ = load_ema(args.bad, "cpu")
+    if bad_meta.image_size != meta.image_size:
+        raise SystemExit(f"{args.bad}: {bad_meta.image_size} px, but {args.good} is {meta.image_size} px")
+    extractor = InceptionFeatures(device="cpu")
+    size = meta.image_size[0]
+    train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
+    held_f = extractor(held)
+    for w in (float(v) for v in args.w.split(",")):
+        fake = (draw(Autoguided(good, bad, w), meta, args.samples, args.steps, "cpu") * 255).round().byte()
+        memo = copy_verdict(fake, train)[0]
+        print(f"{args.good} ({state['images_seen']:,} images) guided by {args.bad}, w {w:g}: KID held-out "
+              f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
+
+
 def floor(args) -> None:
     """`floor`: KID against the held-out images of the training images themselves (all of them,
     and 256 draws with repeats, as a copier samples), and of half the held-out images against
@@ -434,7 +483,7 @@ def floor(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc,
-     "floor": floor}[args.command](args)
+     "guide": guide, "floor": floor}[args.command](args)
     return 0
 
 

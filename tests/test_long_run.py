@@ -1,0 +1,35 @@
+"""bench/long_run.py's autoguidance (the `guide` study, docs/quality.md): the combination
+D_bad + w (D_good - D_bad) on unclipped estimates, clipped once."""
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import long_run  # noqa: E402
+from xurdif.diffusion.denoiser import Denoiser  # noqa: E402
+from xurdif.diffusion.schedule import make_schedule  # noqa: E402
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x, t, *args):
+        return self.k * x
+
+
+def test_autoguided_extrapolates_unclipped_estimates_and_clips_once():
+    sched = make_schedule("cosine", 1000)
+    x, t = torch.linspace(-0.9, 0.9, 2 * 3 * 4 * 4).view(2, 3, 4, 4), torch.tensor(500)
+    good, bad = Denoiser(Scale(1.5), sched, "x0"), Denoiser(Scale(0.5), sched, "x0")
+    assert torch.equal(long_run.Autoguided(good, bad, 1.0)(x, t), (1.5 * x).clamp(-1, 1))
+    assert torch.allclose(long_run.Autoguided(good, bad, 2.0)(x, t), (2.5 * x).clamp(-1, 1))
+    # A guide that overshoots more than the model: 2x + 2 (1.5x - 2x) = x, inside the range
+    # everywhere; clipping each estimate first would give 1 at x = 0.9.
+    over = Denoiser(Scale(2.0), sched, "x0")
+    assert torch.allclose(long_run.Autoguided(good, over, 2.0)(x, t), x)
+    assert long_run.Autoguided(good, bad, 2.0).to_image(torch.zeros(1)).item() == 0.5

@@ -106,9 +106,15 @@ def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, mon
     assert train(tmp_path / "free", *common) == 0
     assert len(scripted) == 2  # both log steps, 5 and 8
     scripted.clear()
-    scripted.monitor.seconds = 1e6  # dear: after the first, none is due within the run
+    scripted.monitor.seconds = 1e6  # dear: after the first, none is due within the run but the last
     assert train(tmp_path / "dear", *common, "train.steps=20") == 0
-    assert len(scripted) == 1
+    assert scripted == [0.5, 0.3]
+    # The last step's evaluation is what model-best keeps (KID 0.3 < 0.5): without it, a run shorter
+    # than its evaluations' spacing would keep the model of its first minute.
+    assert read_meta(tmp_path / "dear" / "model-best.safetensors").extra["best"]["step"] == 20
+    ea = EventAccumulator(str(tmp_path / "dear" / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("eval/kid")] == [5, 20]
 
 
 def test_holdout_is_never_trained_on_and_listed(tmp_path, scripted):

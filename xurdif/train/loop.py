@@ -167,7 +167,7 @@ class Trainer:
             self.bar.update(1)
             if s.every(r.samples.every_steps) and not last:
                 self.grid()
-            memorising = self.best.due(log_step) and self.best.evaluate(self.model)
+            memorising = self.best.due(log_step, last) and self.best.evaluate(self.model)
             if s.every(r.checkpoint.every_steps) and not last:
                 self.checkpoint()
             end = self.reason_to_end(stop, log_step, memorising)

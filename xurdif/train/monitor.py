@@ -123,12 +123,17 @@ class BestModel:
         self.kid = self.kid or self.make_monitor()
         return self.kid
 
-    def due(self, log_step: bool) -> bool:
-        """Every eval.kid_every_steps steps, and with eval.time_share at each log step where one
-        more evaluation (costed at what the last took) keeps all of this session's evaluations
-        within the share of its time."""
+    def due(self, log_step: bool, last: bool = False) -> bool:
+        """Every eval.kid_every_steps steps, at the last step, and with eval.time_share at each
+        log step where one more evaluation and the last one (costed at what the last took) keep
+        all of this session's evaluations within the share of its time."""
         e = self.cfg
         if self.state.every(e.kid_every_steps):
+            return True
+        # The last model is the one a run without copies most likely keeps, and under the share a
+        # run shorter than (set-up + 2 evaluations) / share would otherwise never score anything
+        # after its first, early evaluation: model-best would be that early model.
+        if last and (e.time_share or e.kid_every_steps):
             return True
         if not (e.time_share and log_step):
             return False
@@ -137,7 +142,7 @@ class BestModel:
     def _share_allows(self, now: float) -> bool:
         if self.ended is None:  # the first: once the LR warm-up is over and a minute trained
             return self.state.images_seen >= self.warmup and now - self.born >= self.first_after
-        return self.seconds + self.cost <= self.cfg.time_share * (now - self.born)
+        return self.seconds + 2 * self.cost <= self.cfg.time_share * (now - self.born)  # the last one kept
 
     def evaluate(self, model: Model) -> bool:
         """Every rank: the main process measures, logs and judges; True on every rank when

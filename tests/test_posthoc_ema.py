@@ -83,7 +83,8 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("phema") / "run"
     rc = launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=6", "checkpoint.every_steps=3",
                       "ema.posthoc_stds=[0.05, 0.1]", "ema.snapshot_every_images=16", "log.tensorboard=false",
-                      "eval.real_images=16", "eval.holdout=0.25", "eval.kid_every_steps=100"])
+                      "eval.real_images=16", "eval.holdout=0.25", "eval.kid_every_steps=100",
+                      "eval.kid_samples=8", "eval.kid_steps=2"])  # one cheap evaluation: the last step's
     assert rc == 0
     return out
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file
 
     import quality as Q
+    from long_run import Autoguided
     from xurdif.diffusion.denoiser import Denoiser
     from xurdif.diffusion.samplers import sample
     from xurdif.diffusion.schedule import make_schedule
@@ -59,19 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         bad.load_state_dict(load_file(bad_file))
         label = f"step{args.bad_step}"
     sched = make_schedule(meta.schedule, meta.timesteps)
-    # Unclipped estimates: the guided combination is clipped once, as Denoiser clips one.
-    d_good = Denoiser(good, sched, meta.prediction, meta.value_range, clip=False)
-    d_bad = Denoiser(bad, sched, meta.prediction, meta.value_range, clip=False)
-
-    def guided(w: float):
-        def den(x, t):
-            g = d_good(x, t)
-            if w != 1:
-                b = d_bad(x, t)
-                g = b + w * (g - b)
-            return g.clamp(*meta.value_range)
-        den.schedule = sched
-        return den
+    d_good = Denoiser(good, sched, meta.prediction, meta.value_range)
+    d_bad = Denoiser(bad, sched, meta.prediction, meta.value_range)
 
     extractor = InceptionFeatures(device="cpu")
     real, feats = Q.real_images_and_features(argparse.Namespace(data=Q.DEFAULT_DATA, size=meta.image_size[0]),
@@ -83,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, first in enumerate(range(0, args.samples, 100)):
                 g = torch.Generator().manual_seed(derive_seed(0, "quality-sample", i))
                 n = min(100, args.samples - first)
-                x = sample(guided(w), (n, 3, *size), sampler=args.sampler, steps=args.steps, generator=g)
+                x = sample(Autoguided(d_good, d_bad, w), (n, 3, *size), sampler=args.sampler, steps=args.steps,
+                           generator=g)
                 out.append(d_good.to_image(x))
         fake = torch.cat(out)
         tag = f"autoguide-{label}-w{w:g}-{args.sampler}{args.steps}"

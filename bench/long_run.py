@@ -423,15 +423,18 @@ class Autoguided:
     """D = D_bad + w (D_good - D_bad) on unclipped estimates, clipped once as Denoiser clips."""
 
     def __init__(self, good, bad, w: float):
-        self.good, self.bad, self.w, self.schedule = good, bad, w, good.schedule
-        good.clip = bad.clip = False
+        from dataclasses import replace
+
+        # Unclipped copies (the same networks): the caller's denoisers stay as they were.
+        self.good, self.bad, self.w = replace(good, clip=False), replace(bad, clip=False), w
+        self.schedule, self.value_range = good.schedule, good.value_range
 
     def __call__(self, x, t):
         d = self.good(x, t)
         if self.w != 1:
             b = self.bad(x, t)
             d = b + self.w * (d - b)
-        return d.clamp(*self.good.value_range)
+        return d.clamp(*self.value_range)
 
     def to_image(self, x):
         return self.good.to_image(x)

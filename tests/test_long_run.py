@@ -33,3 +33,4 @@ def test_autoguided_extrapolates_unclipped_estimates_and_clips_once():
     over = Denoiser(Scale(2.0), sched, "x0")
     assert torch.allclose(long_run.Autoguided(good, over, 2.0)(x, t), x)
     assert long_run.Autoguided(good, bad, 2.0).to_image(torch.zeros(1)).item() == 0.5
+    assert good.clip and bad.clip  # the caller's denoisers are left as they were

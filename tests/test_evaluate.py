@@ -16,7 +16,7 @@ from PIL import Image
 from xurdif.evaluate import (EvaluateError, InceptionFeatures, evaluate_images, fid,
                              folder_features, kid, list_images, load_folder, memorisation,
                              memorisation_picture, pixel_memorisation, robust_memorisation, swd)
-from xurdif.evaluate.cache import cache_path, cached_features
+from xurdif.evaluate.cache import cache_path, cached_features, image_features
 from xurdif.evaluate.cli import main
 from xurdif.evaluate.memorisation import shifted_distances
 from xurdif.evaluate.swd import _pyr_up, laplacian_pyramid
@@ -237,16 +237,19 @@ def test_cache_is_written_then_reused_and_keyed_by_contents(tmp_path):
     assert cache_path(folder, list_images(folder), "extractor-a", tmp_path / "cache") != path
 
 
+class MeanColour:  # a cheap stand-in with the extractor interface
+    name = "mean-colour"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images):
+        self.calls += 1
+        return images.double().mean(dim=(2, 3))
+
+
 def test_folder_features_computes_once(tmp_path):
     folder = copy_images(sorted(p.name for p in FIXTURE.glob("*.png"))[:3], tmp_path / "real")
-
-    class MeanColour:  # a cheap stand-in with the extractor interface
-        name = "mean-colour"
-        calls = 0
-
-        def __call__(self, images):
-            self.calls += 1
-            return images.double().mean(dim=(2, 3))
 
     extractor = MeanColour()
     first, path, hit = folder_features(folder, extractor, tmp_path / "cache")
@@ -254,6 +257,47 @@ def test_folder_features_computes_once(tmp_path):
     assert (hit, hit_again, extractor.calls) == (False, True, 1) and path_again == path
     assert first.shape == (3, 3) and again.equal(first)
     torch.testing.assert_close(first, load_folder(folder).double().mean(dim=(2, 3)))
+
+
+def test_image_features_are_keyed_by_the_images_bytes(tmp_path):
+    images = load_folder(FIXTURE)[:4]
+    extractor = MeanColour()
+    first, path, hit = image_features(images, extractor, "training", tmp_path)
+    again, path_again, hit_again = image_features(images.clone(), extractor, "training", tmp_path)
+    assert (hit, hit_again, extractor.calls) == (False, True, 1) and path_again == path
+    assert path.name.startswith("training-") and again.equal(first)
+    torch.testing.assert_close(first, images.double().mean(dim=(2, 3)))
+    changed = images.clone()
+    changed[2, 1, 5, 7] ^= 1  # one value of one pixel
+    for other in (changed, images[:3], images.float() / 255):
+        _, other_path, other_hit = image_features(other, extractor, "training", tmp_path)
+        assert not other_hit and other_path != path
+    assert extractor.calls == 4
+
+
+def test_trainer_evaluation_measures_its_reference_images_once(tmp_path, monkeypatch):
+    """A second run (or a resume) on the same images reads the Inception features of its
+    training and held-out images from the cache instead of computing them again."""
+    from xurdif.data import open_dataset
+    from xurdif.data.holdout import set_aside
+    from xurdif.recipe import load_recipe
+    from xurdif.train.monitor import KidMonitor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    recipe = load_recipe(Path(__file__).parent / "recipes" / "fixture.yaml", ["eval.real_images=16"])
+    data = open_dataset(recipe.data)
+    heldout = set_aside(data, 0.25)
+    references = []
+    for _ in range(2):
+        monitor = KidMonitor(recipe, data, torch.device("cpu"), heldout)
+        monitor.extractor = MeanColour()
+        references.append(monitor.reference()[0])
+        references.append(monitor.train_feats)
+        calls = monitor.extractor.calls
+    assert calls == 0 and len(list((tmp_path / "cache" / "xurdif" / "features").iterdir())) == 2
+    assert references[2].equal(references[0]) and references[3].equal(references[1])
+    assert references[0].shape == (len(heldout.images), 3) and references[1].shape == (16, 3)
+    torch.testing.assert_close(references[0], heldout.images.double().mean(dim=(2, 3)))
 
 
 def test_missing_or_empty_folder_is_named(tmp_path, capsys):

@@ -1,8 +1,9 @@
-"""On-disk cache of a folder's features, keyed by the folder's contents.
+"""On-disk cache of features, keyed by what they are features of.
 
-The key hashes every image's relative path, size and mtime plus the feature
+A folder's key hashes every image's relative path, size and mtime plus the feature
 extractor's name, so editing, adding or removing a training image (or changing
-the preprocessing) makes a new entry instead of returning stale features.
+the preprocessing) makes a new entry instead of returning stale features. Images
+already in memory (the trainer's evaluation) are keyed by their bytes instead.
 """
 from __future__ import annotations
 
@@ -66,4 +67,23 @@ def folder_features(folder: str | Path, extractor, cache_dir: str | Path | None 
     name = extractor.name if size is None else f"{extractor.name}:view{size[0]}x{size[1]}"
     path = cache_path(folder, paths, name, cache_dir)
     features, hit = cached_features(path, lambda: extractor(load_images(paths, size) if images is None else images))
+    return features, path, hit
+
+
+def images_key(images: torch.Tensor, extractor_name: str) -> str:
+    """A key for an image tensor's exact contents (shape, dtype and bytes) and the extractor."""
+    x = images.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{extractor_name}\n{tuple(x.shape)}\n{x.dtype}\n".encode())
+    digest.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def image_features(images: torch.Tensor, extractor, label: str = "images",
+                   cache_dir: str | Path | None = None) -> tuple[torch.Tensor, Path, bool]:
+    """Features of an image tensor through `extractor`, cached on disk by its bytes: a run, its
+    resumes and its siblings on the same images measure them once.
+    Returns (features, cache file, was_cached)."""
+    name = "".join(c if c.isalnum() else "-" for c in label)[:40]
+    path = Path(cache_dir or default_cache_dir()) / f"{name}-{images_key(images, extractor.name)}.npy"
+    features, hit = cached_features(path, lambda: extractor(images))
     return features, path, hit

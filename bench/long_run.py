@@ -297,6 +297,7 @@ def score(args) -> None:
     from torchvision.utils import make_grid, save_image
 
     from xurdif.evaluate import InceptionFeatures, kid, load_folder, memorisation_picture
+    from xurdif.evaluate.cache import image_features
     from xurdif.evaluate.memorisation import copy_verdict
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -318,7 +319,8 @@ def score(args) -> None:
             size = fake.shape[-1]
             if size not in cache:
                 train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
-                cache[size] = (train, held, extractor(train), extractor(held))
+                cache[size] = (train, held, image_features(train, extractor, "training")[0],
+                               image_features(held, extractor, "held-out")[0])
             train, held, train_f, held_f = cache[size]
             feats = extractor(fake)
             memo, refs, robust, plain = copy_verdict(fake, train)
@@ -401,6 +403,7 @@ def posthoc(args) -> None:
     """`posthoc`: each --std rebuilt at the last checkpoint (xurdif/train/posthoc.py), sampled with
     the same sampler and seeds as `score`, KID against the held-out images and copies."""
     from xurdif.evaluate import InceptionFeatures, kid, load_folder
+    from xurdif.evaluate.cache import image_features
     from xurdif.evaluate.memorisation import copy_verdict
     from xurdif.train.posthoc import reconstruct
 
@@ -409,7 +412,7 @@ def posthoc(args) -> None:
         den, meta, _ = load_ema(kept_checkpoints(run)[-1], "cpu")
         size = meta.image_size[0]
         train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
-        held_f = extractor(held)
+        held_f = image_features(held, extractor, "held-out")[0]
         for std in (float(s) for s in args.std.split(",")):
             weights, info = reconstruct(run, std)
             den.net.load_state_dict(weights)
@@ -444,6 +447,7 @@ def guide(args) -> None:
     """`guide`: --good sampled with autoguidance by --bad at each weight (same sampler and seeds as
     `score`), KID against the held-out images and copies."""
     from xurdif.evaluate import InceptionFeatures, kid, load_folder
+    from xurdif.evaluate.cache import image_features
     from xurdif.evaluate.memorisation import copy_verdict
 
     good, meta, state = load_ema(args.good, "cpu")
@@ -453,7 +457,7 @@ def guide(args) -> None:
     extractor = InceptionFeatures(device="cpu")
     size = meta.image_size[0]
     train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
-    held_f = extractor(held)
+    held_f = image_features(held, extractor, "held-out")[0]
     for w in (float(v) for v in args.w.split(",")):
         fake = (draw(Autoguided(good, bad, w), meta, args.samples, args.steps, "cpu") * 255).round().byte()
         memo = copy_verdict(fake, train)[0]

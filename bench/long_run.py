@@ -19,6 +19,7 @@ Three steps, each a subcommand:
          curves (SVG) and sample grids at three points, and the closest pairs of the
          model keep-best kept and of the last one. Runs on the CPU afterwards.
   guide  autoguidance at length: a kept checkpoint guided by an earlier or smaller one.
+  samplers  a kept checkpoint under several samplers and step counts.
   floor  what the split's own images score against the held-out ones: the level a
          copy-free model can aim at (a perfect copier; new images of the same kind).
 
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w", default="1,1.25,1.5", help="comma-separated guidance weights (1 = no guidance)")
     g.add_argument("--samples", type=int, default=256)
     g.add_argument("--steps", type=int, default=20, help="dpmpp_2m steps (default 20)")
+    q = sub.add_parser("samplers", help="one checkpoint under several samplers and step counts")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder of the model to sample")
+    q.add_argument("--samplers", default="dpmpp_2m:20,ddpm:50,ddpm:100",
+                   help="comma-separated SAMPLER:STEPS (default dpmpp_2m:20,ddpm:50,ddpm:100)")
+    q.add_argument("--samples", type=int, default=256)
     f = sub.add_parser("floor", help="what the split's images themselves score: the training images (a perfect "
                                      "copier) and half the held-out images against the other half")
     f.add_argument("--out", type=Path, required=True)
@@ -234,7 +241,7 @@ def load_ema(ckpt: Path, device):
     return den, meta, state
 
 
-def draw(den, meta, count: int, steps: int, device):
+def draw(den, meta, count: int, steps: int, device, sampler: str = "dpmpp_2m"):
     import torch
 
     from xurdif.diffusion.samplers import sample
@@ -242,7 +249,7 @@ def draw(den, meta, count: int, steps: int, device):
     h, w = meta.image_size
     g = torch.Generator().manual_seed(12345)
     with torch.no_grad():
-        return torch.cat([den.to_image(sample(den, (b.numel(), 3, h, w), "dpmpp_2m", steps, generator=g,
+        return torch.cat([den.to_image(sample(den, (b.numel(), 3, h, w), sampler, steps, generator=g,
                                               device=device)).float().cpu()
                           for b in torch.arange(count).split(64)])
 
@@ -399,27 +406,33 @@ def write_curves(path: Path, name: str, rows: list[dict], best: int | None) -> N
     path.write_text(f"<div>{kid_plot}{memo_plot}</div>\n")
 
 
-def posthoc(args) -> None:
-    """`posthoc`: each --std rebuilt at the last checkpoint (xurdif/train/posthoc.py), sampled with
-    the same sampler and seeds as `score`, KID against the held-out images and copies."""
+def heldout_scorer(out: Path, size: int):
+    """A function: uint8 samples -> (KID x1e3 against the study's held-out images, share of copies
+    of its training images), at `size` px."""
     from xurdif.evaluate import InceptionFeatures, kid, load_folder
     from xurdif.evaluate.cache import image_features
     from xurdif.evaluate.memorisation import copy_verdict
-    from xurdif.train.posthoc import reconstruct
 
     extractor = InceptionFeatures(device="cpu")
+    train, held = load_folder(out / "train", size), load_folder(out / "heldout", size)
+    held_f = image_features(held, extractor, "held-out")[0]
+    return lambda fake: (kid(held_f, extractor(fake))[0] * 1e3, copy_verdict(fake, train)[0].fraction)
+
+
+def posthoc(args) -> None:
+    """`posthoc`: each --std rebuilt at the last checkpoint (xurdif/train/posthoc.py), sampled with
+    the same sampler and seeds as `score`, KID against the held-out images and copies."""
+    from xurdif.train.posthoc import reconstruct
+
     for run in study_runs(args):
         den, meta, _ = load_ema(kept_checkpoints(run)[-1], "cpu")
-        size = meta.image_size[0]
-        train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
-        held_f = image_features(held, extractor, "held-out")[0]
+        score = heldout_scorer(args.out, meta.image_size[0])
         for std in (float(s) for s in args.std.split(",")):
             weights, info = reconstruct(run, std)
             den.net.load_state_dict(weights)
-            fake = (draw(den, meta, args.samples, args.steps, "cpu") * 255).round().byte()
-            memo = copy_verdict(fake, train)[0]
+            kid, memorised = score((draw(den, meta, args.samples, args.steps, "cpu") * 255).round().byte())
             print(f"[{run.name}] EMA std {std:.3f} at {info['images_seen']:,} images: KID held-out "
-                  f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
+                  f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
 
 
 class Autoguided:
@@ -446,23 +459,34 @@ class Autoguided:
 def guide(args) -> None:
     """`guide`: --good sampled with autoguidance by --bad at each weight (same sampler and seeds as
     `score`), KID against the held-out images and copies."""
-    from xurdif.evaluate import InceptionFeatures, kid, load_folder
-    from xurdif.evaluate.cache import image_features
-    from xurdif.evaluate.memorisation import copy_verdict
-
     good, meta, state = load_ema(args.good, "cpu")
     bad, bad_meta, _ = load_ema(args.bad, "cpu")
     if bad_meta.image_size != meta.image_size:
         raise SystemExit(f"{args.bad}: {bad_meta.image_size} px, but {args.good} is {meta.image_size} px")
-    extractor = InceptionFeatures(device="cpu")
-    size = meta.image_size[0]
-    train, held = load_folder(args.out / "train", size), load_folder(args.out / "heldout", size)
-    held_f = image_features(held, extractor, "held-out")[0]
+    score = heldout_scorer(args.out, meta.image_size[0])
     for w in (float(v) for v in args.w.split(",")):
         fake = (draw(Autoguided(good, bad, w), meta, args.samples, args.steps, "cpu") * 255).round().byte()
-        memo = copy_verdict(fake, train)[0]
+        kid, memorised = score(fake)
         print(f"{args.good} ({state['images_seen']:,} images) guided by {args.bad}, w {w:g}: KID held-out "
-              f"{kid(held_f, extractor(fake))[0] * 1e3:7.2f}  memorised {memo.fraction:.1%}", flush=True)
+              f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
+
+
+def samplers(args) -> None:
+    """`samplers`: one kept checkpoint sampled with each SAMPLER:STEPS (the same seeds as `score`),
+    KID against the held-out images and copies: what rendering can add to a trained model."""
+    from xurdif.diffusion.samplers import SAMPLERS
+
+    pairs = [pair.split(":") for pair in args.samplers.split(",")]
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in SAMPLERS or not pair[1].isdigit():
+            raise SystemExit(f"--samplers: {':'.join(pair)!r} is not SAMPLER:STEPS with a sampler of "
+                             f"{', '.join(SAMPLERS)}")
+    den, meta, state = load_ema(args.checkpoint, "cpu")
+    score = heldout_scorer(args.out, meta.image_size[0])
+    for sampler, steps in pairs:
+        kid, memorised = score((draw(den, meta, args.samples, int(steps), "cpu", sampler) * 255).round().byte())
+        print(f"{args.checkpoint} ({state['images_seen']:,} images), {sampler} {steps} steps: KID held-out "
+              f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
 
 
 def floor(args) -> None:
@@ -489,7 +513,7 @@ def floor(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc,
+    {"split": split, "train": train, "sample": sample_runs, "score": score, "posthoc": posthoc, "samplers": samplers,
      "guide": guide, "floor": floor}[args.command](args)
     return 0
 

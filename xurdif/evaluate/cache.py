@@ -25,6 +25,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "xurdif" / "features"
 
 
+def file_label(text: str) -> str:
+    """A readable, file-name-safe prefix for a cache entry (the key makes it unique)."""
+    return "".join(c if c.isalnum() else "-" for c in text)[:40]
+
+
 def folder_key(folder: Path, paths: list[Path], extractor_name: str) -> str:
     digest = hashlib.sha256(extractor_name.encode())
     for path in paths:
@@ -37,8 +42,7 @@ def cache_path(folder: str | Path, paths: list[Path], extractor_name: str,
                cache_dir: str | Path | None = None) -> Path:
     folder = Path(folder)
     key = folder_key(folder, paths, extractor_name)
-    name = "".join(c if c.isalnum() else "-" for c in folder.resolve().name)[:40]
-    return Path(cache_dir or default_cache_dir()) / f"{name}-{key}.npy"
+    return Path(cache_dir or default_cache_dir()) / f"{file_label(folder.resolve().name)}-{key}.npy"
 
 
 def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
@@ -83,7 +87,6 @@ def image_features(images: torch.Tensor, extractor, label: str = "images",
     """Features of an image tensor through `extractor`, cached on disk by its bytes: a run, its
     resumes and its siblings on the same images measure them once.
     Returns (features, cache file, was_cached)."""
-    name = "".join(c if c.isalnum() else "-" for c in label)[:40]
-    path = Path(cache_dir or default_cache_dir()) / f"{name}-{images_key(images, extractor.name)}.npy"
+    path = Path(cache_dir or default_cache_dir()) / f"{file_label(label)}-{images_key(images, extractor.name)}.npy"
     features, hit = cached_features(path, lambda: extractor(images))
     return features, path, hit

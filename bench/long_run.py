@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder of the model to sample")
     q.add_argument("--samplers", default="dpmpp_2m:20,ddpm:50,ddpm:100",
-                   help="comma-separated SAMPLER:STEPS (default dpmpp_2m:20,ddpm:50,ddpm:100)")
+                   help="comma-separated SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] (spacing default uniform, "
+                        "eta 0 or dpmpp_2m_sde's 1, sigma_min 0; default dpmpp_2m:20,ddpm:50,ddpm:100)")
     q.add_argument("--samples", type=int, default=256)
     f = sub.add_parser("floor", help="what the split's images themselves score: the training images (a perfect "
                                      "copier) and half the held-out images against the other half")
@@ -241,7 +242,9 @@ def load_ema(ckpt: Path, device):
     return den, meta, state
 
 
-def draw(den, meta, count: int, steps: int, device, sampler: str = "dpmpp_2m"):
+def draw(den, meta, count: int, steps: int, device, sampler: str = "dpmpp_2m", **options):
+    """`count` samples in [0, 1] from the study's fixed seed; `options`: sample()'s spacing, eta,
+    sigma_min."""
     import torch
 
     from xurdif.diffusion.samplers import sample
@@ -250,7 +253,7 @@ def draw(den, meta, count: int, steps: int, device, sampler: str = "dpmpp_2m"):
     g = torch.Generator().manual_seed(12345)
     with torch.no_grad():
         return torch.cat([den.to_image(sample(den, (b.numel(), 3, h, w), sampler, steps, generator=g,
-                                              device=device)).float().cpu()
+                                              device=device, **options)).float().cpu()
                           for b in torch.arange(count).split(64)])
 
 
@@ -471,21 +474,37 @@ def guide(args) -> None:
               f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
 
 
-def samplers(args) -> None:
-    """`samplers`: one kept checkpoint sampled with each SAMPLER:STEPS (the same seeds as `score`),
-    KID against the held-out images and copies: what rendering can add to a trained model."""
-    from xurdif.diffusion.samplers import SAMPLERS
+def sampler_specs(text: str) -> list:
+    """--samplers' SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] entries as checked Sampling settings
+    (the export chooser's candidates are all of this form); SystemExit naming a bad entry."""
+    from xurdif.sampling.defaults import Sampling
 
-    pairs = [pair.split(":") for pair in args.samplers.split(",")]
-    for pair in pairs:
-        if len(pair) != 2 or pair[0] not in SAMPLERS or not pair[1].isdigit():
-            raise SystemExit(f"--samplers: {':'.join(pair)!r} is not SAMPLER:STEPS with a sampler of "
-                             f"{', '.join(SAMPLERS)}")
+    specs = []
+    for entry in text.split(","):
+        parts = entry.split(":")
+        try:
+            if not 2 <= len(parts) <= 5:
+                raise ValueError("expected 2 to 5 fields")
+            sampler, steps, spacing, eta, end = parts + ["uniform", "", "0"][len(parts) - 2:]
+            eta = float(eta) if eta else (1.0 if sampler == "dpmpp_2m_sde" else 0.0)
+            specs.append(Sampling(sampler, int(steps), spacing, eta, sigma_min=float(end)).check())
+        except ValueError as e:
+            raise SystemExit(f"--samplers: {entry!r} is not SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] ({e})")
+    return specs
+
+
+def samplers(args) -> None:
+    """`samplers`: one kept checkpoint sampled with each setting (the same seeds as `score`), KID
+    against the held-out images and copies: what rendering can add to a trained model."""
+    specs = sampler_specs(args.samplers)
     den, meta, state = load_ema(args.checkpoint, "cpu")
     score = heldout_scorer(args.out, meta.image_size[0])
-    for sampler, steps in pairs:
-        kid, memorised = score((draw(den, meta, args.samples, int(steps), "cpu", sampler) * 255).round().byte())
-        print(f"{args.checkpoint} ({state['images_seen']:,} images), {sampler} {steps} steps: KID held-out "
+    for st in specs:
+        options = st.sample_args()
+        sampler, steps = options.pop("sampler"), options.pop("steps")
+        options.pop("curve")
+        kid, memorised = score((draw(den, meta, args.samples, steps, "cpu", sampler, **options) * 255).round().byte())
+        print(f"{args.checkpoint} ({state['images_seen']:,} images), {st.describe()}: KID held-out "
               f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
 
 

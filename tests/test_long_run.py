@@ -1,8 +1,9 @@
 """bench/long_run.py's autoguidance (the `guide` study, docs/quality.md): the combination
-D_bad + w (D_good - D_bad) on unclipped estimates, clipped once."""
+D_bad + w (D_good - D_bad) on unclipped estimates, clipped once; and the `samplers` study's settings."""
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,14 @@ def test_autoguided_extrapolates_unclipped_estimates_and_clips_once():
     assert torch.allclose(long_run.Autoguided(good, over, 2.0)(x, t), x)
     assert long_run.Autoguided(good, bad, 2.0).to_image(torch.zeros(1)).item() == 0.5
     assert good.clip and bad.clip  # the caller's denoisers are left as they were
+
+
+def test_sampler_specs_read_the_chooser_form_and_name_a_bad_entry():
+    specs = long_run.sampler_specs("ddpm:100,dpmpp_3m:10:logsnr::0.05,dpmpp_2m_sde:10:karras")
+    assert [(s.sampler, s.steps, s.spacing, s.eta, s.sigma_min) for s in specs] == [
+        ("ddpm", 100, "uniform", 0.0, 0.0), ("dpmpp_3m", 10, "logsnr", 0.0, 0.05),
+        ("dpmpp_2m_sde", 10, "karras", 1.0, 0.0)]
+    for bad, why in (("ddpm:100,foo:10", "unknown sampler 'foo'"), ("ddpm", "expected 2 to 5 fields"),
+                     ("dpmpp_3m:10:bogus", "unknown spacing 'bogus'"), ("ddim:10:uniform:2", "eta must be in 0..1")):
+        with pytest.raises(SystemExit, match=f"{bad.split(',')[-1]!r}.*{why}"):
+            long_run.sampler_specs(bad)

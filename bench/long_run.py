@@ -243,8 +243,8 @@ def load_ema(ckpt: Path, device):
 
 
 def draw(den, meta, count: int, steps: int, device, sampler: str = "dpmpp_2m", **options):
-    """`count` samples in [0, 1] from the study's fixed seed; `options`: sample()'s spacing, eta,
-    sigma_min."""
+    """`count` samples in [0, 1] from the study's fixed seed; `options`: sample()'s spacing, curve,
+    eta, sigma_min."""
     import torch
 
     from xurdif.diffusion.samplers import sample
@@ -475,9 +475,10 @@ def guide(args) -> None:
 
 
 def sampler_specs(text: str) -> list:
-    """--samplers' SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] entries as checked Sampling settings
-    (the export chooser's candidates are all of this form); SystemExit naming a bad entry."""
-    from xurdif.sampling.defaults import Sampling
+    """--samplers' SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] entries as checked Sampling settings,
+    each read as a render job naming those would be (the export chooser's candidates are all of
+    this form); SystemExit naming a bad entry."""
+    from xurdif.sampling.defaults import LEGACY, resolve
 
     specs = []
     for entry in text.split(","):
@@ -485,9 +486,9 @@ def sampler_specs(text: str) -> list:
         try:
             if not 2 <= len(parts) <= 5:
                 raise ValueError("expected 2 to 5 fields")
-            sampler, steps, spacing, eta, end = parts + ["uniform", "", "0"][len(parts) - 2:]
-            eta = float(eta) if eta else (1.0 if sampler == "dpmpp_2m_sde" else 0.0)
-            specs.append(Sampling(sampler, int(steps), spacing, eta, sigma_min=float(end)).check())
+            sampler, steps, spacing, eta, end = parts + [""] * (5 - len(parts))
+            specs.append(resolve(LEGACY, sampler, int(steps), spacing or "uniform", float(eta) if eta else None,
+                                 float(end) if end else None).check())
         except ValueError as e:
             raise SystemExit(f"--samplers: {entry!r} is not SAMPLER:STEPS[:SPACING[:ETA[:SIGMA_MIN]]] ({e})")
     return specs
@@ -500,10 +501,7 @@ def samplers(args) -> None:
     den, meta, state = load_ema(args.checkpoint, "cpu")
     score = heldout_scorer(args.out, meta.image_size[0])
     for st in specs:
-        options = st.sample_args()
-        sampler, steps = options.pop("sampler"), options.pop("steps")
-        options.pop("curve")
-        kid, memorised = score((draw(den, meta, args.samples, steps, "cpu", sampler, **options) * 255).round().byte())
+        kid, memorised = score((draw(den, meta, args.samples, device="cpu", **st.sample_args()) * 255).round().byte())
         print(f"{args.checkpoint} ({state['images_seen']:,} images), {st.describe()}: KID held-out "
               f"{kid:7.2f}  memorised {memorised:.1%}", flush=True)
 

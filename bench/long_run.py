@@ -169,12 +169,16 @@ def parse_variant(text: str, default_recipe: str) -> tuple[str, str, list[str]]:
     return name, str(ROOT / recipe) if recipe else default_recipe, [o for o in rest.split(";") if o]
 
 
-def train_overrides(args, name: str, overrides: list[str]) -> list[str]:
+def train_overrides(args, name: str, recipe: str, overrides: list[str]) -> list[str]:
+    from xurdif.recipe import load_recipe
+
     if (args.minutes is None) == (args.images is None):
         raise SystemExit("train: give --minutes or --images")
     length = ([f"train.images={args.images}", "train.time=null"] if args.images
               else ["train.images=null", f"train.time={args.minutes * 60:g}s"])
-    steps = args.steps_hint or (args.images // 4 if args.images else 100_000)
+    # the variant's own batch: a hint from the recipe's would keep a third of the checkpoints at batch 16
+    batch = load_recipe(recipe, [*args.set, *overrides]).train.batch_size
+    steps = args.steps_hint or (args.images // batch if args.images else 100_000)
     every = max(100, steps // args.checkpoints)
     evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path="] if args.no_eval else
                   ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"])
@@ -204,7 +208,7 @@ def train(args) -> None:
                 proc.send_signal(signal.SIGTERM)
         while pending and len(procs) < args.jobs:
             name, recipe, overrides = pending.pop(0)
-            cmd = [sys.executable, str(ROOT / "launch.py"), recipe, *train_overrides(args, name, overrides)]
+            cmd = [sys.executable, str(ROOT / "launch.py"), recipe, *train_overrides(args, name, recipe, overrides)]
             log = args.out / f"{name}-train.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{name}] {' '.join(cmd[1:])}", flush=True)

@@ -46,3 +46,15 @@ def test_sampler_specs_read_the_chooser_form_and_name_a_bad_entry():
                      ("dpmpp_3m:10:bogus", "unknown spacing 'bogus'"), ("ddim:10:uniform:2", "eta must be in 0..1")):
         with pytest.raises(SystemExit, match=f"{bad.split(',')[-1]!r}.*{why}"):
             long_run.sampler_specs(bad)
+
+
+def test_train_spaces_checkpoints_by_the_variants_own_batch(tmp_path):
+    args = long_run.build_parser().parse_args(
+        ["train", "--out", str(tmp_path), "--images", "400000", "--checkpoints", "8"])
+    recipe = str(ROOT / "recipes" / "small-data.yaml")
+    every = {}
+    for batch in (4, 16):
+        overrides = long_run.train_overrides(args, "v", recipe, [f"train.batch_size={batch}"])
+        every[batch] = [o for o in overrides if o.startswith("checkpoint.every_steps=")]
+    # 400,000 images in 8 parts: 50,000 images apart at either batch
+    assert every == {4: ["checkpoint.every_steps=12500"], 16: ["checkpoint.every_steps=3125"]}

@@ -150,8 +150,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per model per round (default 3); timed steps per row with --trainer or "
                    "--device cuda (default 10)")
-    p.add_argument("--batch", type=int, default=None,
-                   help=f"batch (CPU comparison: 16; trainer table: by size, {trainer_speed.DEFAULT_BATCH})")
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help=f"batch (CPU comparison: one, default 16; trainer table: one row per batch given, "
+                   f"default by size, {trainer_speed.DEFAULT_BATCH})")
     p.add_argument("--size", type=int, default=64)  # the CPU comparison; the trainer table uses --sizes
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", default="small")
@@ -171,7 +172,9 @@ def main() -> None:
         args.steps = args.steps or 10
         trainer_speed.run_table(args)
         return
-    args.steps, args.batch = args.steps or 3, args.batch or 16
+    if args.batch and len(args.batch) > 1:
+        p.error("--batch: the CPU comparison takes one batch size (several are for --trainer)")
+    args.steps, args.batch = args.steps or 3, (args.batch or [16])[0]
     torch.set_num_threads(args.threads)
 
     models = build_models(args.preset, args.formats, not args.no_reference)

@@ -5,7 +5,7 @@ pipeline and by a synthetic batch already on the device.
 
     .venv/bin/python bench/train_speed.py --device cuda [--presets tiny small base large]
         [--sizes 64 128 256] [--modes eager compiled graphs compiled-cl] [--precision bf16] [--steps 10]
-        [--warmup 3] [--batch N] [--budget-s 600] [--json out.json]
+        [--warmup 3] [--batch N [N ...]] [--budget-s 600] [--json out.json]
 
 Data: random-noise PNGs written once per size into a temporary folder (folder source,
 cached uint8 in memory, random crop and flip), so "real" runs the whole input pipeline
@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +152,29 @@ def free(device: torch.device) -> None:
     torch._dynamo.reset()  # each compiled row starts from a clean compiler cache
 
 
+def table_row(row: dict, args: argparse.Namespace, tmp: Path, device: torch.device, peak: float | None) -> str:
+    """Measure one (preset, size, batch, mode) into `row`; its Markdown line, or the error's."""
+    preset, size, batch, mode = row["preset"], row["size"], row["batch"], row["mode"]
+    recipe = bench_recipe(preset, size, batch, args.precision, mode, noise_folder(tmp, size),
+                          tmp / f"run-{preset}-{size}-{batch}-{mode}", args.checkpointing, args.workers)
+    try:
+        row.update(measure(recipe, args.steps, args.warmup))
+    except Exception as e:  # OOM, compiler errors: report the row, keep going
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        if args.verbose:
+            traceback.print_exc()
+        return f"| {preset} | {size} | {batch} | {mode} | error: {row['error']} |"
+    finally:
+        free(device)
+    gflops = forward_gflops(preset, size)
+    ips, syn = batch / row["step_s"], batch / row["synthetic_step_s"]
+    mfu = 3 * gflops * 1e9 * ips / (peak * 1e12) if peak else None
+    row.update(images_per_s=ips, synthetic_images_per_s=syn, gflop_fwd=gflops, mfu=mfu)
+    return (f"| {preset} | {size} | {batch} | {mode} | {ips:.1f} | {1e3 * row['step_s']:.1f} "
+            f"| {syn:.1f} | {ips / syn:.3f} | {row['peak_gib']:.2f} | {gflops:.2f} "
+            f"| {f'{100 * mfu:.1f} %' if mfu is not None else 'n/a'} | {row['warmup_s']:.1f} |")
+
+
 def run_table(args: argparse.Namespace) -> list[dict]:
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -178,39 +200,19 @@ def run_table(args: argparse.Namespace) -> list[dict]:
     for line in lines[1:]:
         print(line, flush=True)
     with tempfile.TemporaryDirectory(prefix="xurdif-bench-") as tmp:
-        tmp = Path(tmp)
         for mode in args.modes:
             for preset in args.presets:
                 for size in args.sizes:
-                    batch = args.batch or DEFAULT_BATCH.get(size, 16)
-                    row = {"preset": preset, "size": size, "batch": batch, "mode": mode, "device": name}
-                    rows.append(row)
-                    if time.perf_counter() - start > args.budget_s:
-                        row["error"] = f"skipped: --budget-s {args.budget_s} spent"
-                        emit(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |")
-                        continue
-                    recipe = bench_recipe(preset, size, batch, args.precision, mode,
-                                          noise_folder(tmp, size), tmp / f"run-{preset}-{size}-{mode}",
-                                          args.checkpointing, args.workers)
-                    try:
-                        row.update(measure(recipe, args.steps, args.warmup))
-                    except Exception as e:  # OOM, compiler errors: report the row, keep going
-                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                        if args.verbose:
-                            traceback.print_exc()
-                        emit(f"| {preset} | {size} | {batch} | {mode} | error: {row['error']} |")
-                        free(device)
-                        continue
-                    free(device)
-                    gflops = forward_gflops(preset, size)
-                    ips, syn = batch / row["step_s"], batch / row["synthetic_step_s"]
-                    mfu = 3 * gflops * 1e9 * ips / (peak * 1e12) if peak else None
-                    row.update(images_per_s=ips, synthetic_images_per_s=syn, gflop_fwd=gflops, mfu=mfu)
-                    emit(f"| {preset} | {size} | {batch} | {mode} | {ips:.1f} | {1e3 * row['step_s']:.1f} "
-                         f"| {syn:.1f} | {ips / syn:.3f} | {row['peak_gib']:.2f} | {gflops:.2f} "
-                         f"| {f'{100 * mfu:.1f} %' if mfu is not None else 'n/a'} | {row['warmup_s']:.1f} |")
-                    if args.json:
-                        Path(args.json).write_text(json.dumps(rows, indent=1))
+                    for batch in args.batch or [DEFAULT_BATCH.get(size, 16)]:
+                        row = {"preset": preset, "size": size, "batch": batch, "mode": mode, "device": name}
+                        rows.append(row)
+                        if time.perf_counter() - start > args.budget_s:
+                            row["error"] = f"skipped: --budget-s {args.budget_s} spent"
+                            emit(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |")
+                            continue
+                        emit(table_row(row, args, Path(tmp), device, peak))
+                        if args.json:
+                            Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -176,9 +176,10 @@ def train_overrides(args, name: str, recipe: str, overrides: list[str]) -> list[
         raise SystemExit("train: give --minutes or --images")
     length = ([f"train.images={args.images}", "train.time=null"] if args.images
               else ["train.images=null", f"train.time={args.minutes * 60:g}s"])
-    # the variant's own batch: a hint from the recipe's would keep a third of the checkpoints at batch 16
-    batch = load_recipe(recipe, [*args.set, *overrides]).train.batch_size
-    steps = args.steps_hint or (args.images // batch if args.images else 100_000)
+    # the variant's own images per optimizer step (one process): the recipe's batch of 4 would keep a
+    # third of the checkpoints at batch 16
+    t = load_recipe(recipe, [*args.set, *overrides]).train
+    steps = args.steps_hint or (args.images // (t.batch_size * t.grad_accum) if args.images else 100_000)
     every = max(100, steps // args.checkpoints)
     evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path="] if args.no_eval else
                   ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"])

@@ -200,6 +200,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
     for line in lines[1:]:
         print(line, flush=True)
     with tempfile.TemporaryDirectory(prefix="xurdif-bench-") as tmp:
+        tmp = Path(tmp)
         for mode in args.modes:
             for preset in args.presets:
                 for size in args.sizes:
@@ -210,7 +211,7 @@ def run_table(args: argparse.Namespace) -> list[dict]:
                             row["error"] = f"skipped: --budget-s {args.budget_s} spent"
                             emit(f"| {preset} | {size} | {batch} | {mode} | {row['error']} |")
                             continue
-                        emit(table_row(row, args, Path(tmp), device, peak))
+                        emit(table_row(row, args, tmp, device, peak))
                         if args.json:
                             Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)

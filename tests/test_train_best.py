@@ -133,3 +133,62 @@ def test_holdout_is_never_trained_on_and_listed(tmp_path, scripted):
     listed = (out / "heldout.txt").read_text().splitlines()
     assert listed[0].startswith("# 8 images held out from training (0.25 of ")
     assert [Path(n).name for n in listed[1:]] == expected
+
+
+def spaced_run(setup_s: float, charge_by_progress: bool, hours: float = 8.0, share: float = 0.03,
+               measure_s: float = 5.0, log_every_s: float = 10.0) -> tuple[list[float], float]:
+    """When BestModel evaluates over a run of `hours`, logging every log_every_s, when its first
+    evaluation pays a one-off set-up of setup_s and each takes measure_s (a fake clock): the
+    evaluations' start times and their total seconds. Progress runs with the clock."""
+    from types import SimpleNamespace
+
+    from xurdif.recipe import load_recipe
+    from xurdif.train.monitor import BestModel
+    from xurdif.train.state import RunState
+
+    recipe = load_recipe(FIXTURE_RECIPE, [f"eval.time_share={share}", "eval.kid_every_steps=0",
+                                          "optim.warmup_images=0"])
+    length = hours * 3600
+    now = [0.0]
+
+    class Monitor:
+        seconds, picture, ready = None, None, False
+
+        def __call__(self, ema, schedule, meta):
+            now[0] += measure_s + (0.0 if self.ready else setup_s)
+            self.ready, self.seconds = True, measure_s
+            return {"kid": 0.5, "memorised": 0.0}
+
+    quiet = SimpleNamespace(log_eval=lambda *a: None, write_closest=lambda *a: None, log_text=lambda *a: None)
+    acc = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None)
+    progress = (lambda: min(1.0, now[0] / length)) if charge_by_progress else (lambda: 1.0)
+    best = BestModel(recipe, RunState(), quiet, acc, born=0.0, first_after=60.0, monitor=Monitor,
+                     export=lambda *a: None, clock=lambda: now[0], progress=progress)
+    model = SimpleNamespace(ema=None, schedule=None, meta=None)
+    starts = []
+    while now[0] < length:
+        now[0] += log_every_s
+        if best.due(log_step=True):
+            starts.append(now[0])
+            best.evaluate(model)
+    return starts, best.seconds
+
+
+def test_time_share_charges_the_one_off_setup_as_the_run_goes():
+    """A 70 s set-up (700 training images' features on a 2-core CPU) in an 8-hour run at 3 %: charged
+    at once it held the second evaluation back ~40 minutes; charged with the run's progress the
+    evaluations are spaced by what they cost, and the whole run still spends at most its share."""
+    at_once, spent_at_once = spaced_run(70.0, charge_by_progress=False)
+    with_progress, spent = spaced_run(70.0, charge_by_progress=True)
+    assert at_once[0] == with_progress[0] == 60.0  # the first: after a minute
+    # At once: 75 + 2 x 5 <= 0.03 t from t = 2,834 s. With progress: 5 + 70 t / 28,800 + 10 <= 0.03 t
+    # from t = 544 s.
+    assert 2830 <= at_once[1] <= 2850 and 540 <= with_progress[1] <= 560
+    # Both fit as many evaluations into the run; charged with progress they come without the gap.
+    gaps = lambda starts: max(b - a for a, b in zip(starts, starts[1:]))
+    assert gaps(at_once) > 2700 and gaps(with_progress) < 500
+    length = 8 * 3600
+    assert spent / length <= 0.03 and spent_at_once / length <= 0.03
+    assert spent / length > 0.029  # the share is used, not wasted
+    # Without a set-up both rules are the same rule.
+    assert spaced_run(0.0, True, hours=1.0) == spaced_run(0.0, False, hours=1.0)

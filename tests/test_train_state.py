@@ -55,3 +55,15 @@ def test_time_budget_measures_fixes_and_records_its_length():
     again = TimeBudget(r, 8, born=100.0)
     again.resume(state)
     assert again.total == 400 and again.left(110.0) == 40.0  # 10 s used before, 10 s in this session
+
+
+def test_session_done_is_the_share_of_this_sessions_images():
+    r = load_recipe(RECIPE, ["train.steps=null", "train.images=800"])
+    b = TimeBudget(r, 8, born=0.0)
+    b.start(0.0, 0)
+    assert [b.session_done(n) for n in (0, 200, 800, 1600)] == [0.0, 0.25, 1.0, 1.0]
+    b.start(5.0, 400)  # a resumed session: its own images count, from where it began
+    assert [b.session_done(n) for n in (400, 600, 800)] == [0.0, 0.5, 1.0]
+    timed = TimeBudget(load_recipe(RECIPE, ["train.steps=null", "train.time=60s"]), 8, born=0.0)
+    timed.start(0.0, 0)
+    assert timed.measuring and timed.session_done(8) == 1.0  # nothing known of the rest yet: all of it charged

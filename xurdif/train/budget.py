@@ -87,6 +87,14 @@ class TimeBudget:
     def start(self, now: float, images_seen: int) -> None:
         self.started, self.probe = (now, images_seen), None
 
+    def session_done(self, images_seen: int) -> float:
+        """The share of this session's images trained so far, 0-1; 1 while a time budget's
+        length is still being measured (nothing is known of the rest yet)."""
+        if self.measuring:
+            return 1.0
+        first = self.started[1]
+        return min(1.0, max(0.0, (images_seen - first) / max(1, self.total - first)))
+
     def pace(self, now: float, images_seen: int) -> float:
         """Images per second of this session's training, everything included."""
         t0, img0 = self.started

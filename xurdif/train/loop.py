@@ -58,7 +58,8 @@ class Trainer:
         self.budget = TimeBudget(recipe, self.global_batch, born, lambda v: from_main(accelerator, v), REFIT_UNTIL)
         self.best = BestModel(recipe, self.state, outputs, accelerator, born=born, first_after=FIRST_EVAL_AFTER_S,
                               monitor=lambda: KidMonitor(recipe, self.data, dev, self.heldout),
-                              export=self.export_best, clock=time.perf_counter)
+                              export=self.export_best, clock=time.perf_counter,
+                              progress=lambda: self.budget.session_done(self.state.images_seen))
         self.nonfinite = NonFiniteCounter(t.max_nonfinite, dev)
         self.bar: tqdm | None = None  # run()'s progress bar
         self.window: list[dict] = []  # step statistics since the last log step

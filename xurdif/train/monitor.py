@@ -119,12 +119,15 @@ class BestModel:
 
     def __init__(self, recipe: Recipe, state: RunState, out: RunOutputs, acc: Accelerator, *, born: float,
                  first_after: float, monitor: Callable[[], KidMonitor], export: Callable[[int, dict], None],
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], progress: Callable[[], float] = lambda: 1.0):
+        """progress: the share of this session's training done, 0-1 (TimeBudget.session_done)."""
         self.cfg, self.warmup = recipe.eval, recipe.optim.warmup_images
         self.state, self.out, self.acc, self.export, self.clock = state, out, acc, export, clock
+        self.progress = progress
         self.born, self.first_after = born, first_after
         self.make_monitor, self.kid = monitor, None
         self.seconds = 0.0  # this session's evaluations, their one-off set-up included
+        self.setup = 0.0  # of which the set-up: beyond what the measurements themselves took
         self.ended: float | None = None  # when the last evaluation ended
         self.cost = 0.0  # what the last measurement took, without the set-up
 
@@ -152,7 +155,11 @@ class BestModel:
     def _share_allows(self, now: float) -> bool:
         if self.ended is None:  # the first: once the LR warm-up is over and a minute trained
             return self.state.images_seen >= self.warmup and now - self.born >= self.first_after
-        return self.seconds + 2 * self.cost <= self.cfg.time_share * (now - self.born)  # the last one kept
+        # The one-off set-up (reference images' features: ~70 s for 700 images on a 2-core CPU when
+        # not cached) is charged in step with the session's progress, all of it by the end: charged at
+        # once, it held an hours-long run's second evaluation back by set-up / share (~40 minutes).
+        spent = self.seconds - self.setup * (1.0 - self.progress())
+        return spent + 2 * self.cost <= self.cfg.time_share * (now - self.born)  # the last one kept
 
     def evaluate(self, model: Model) -> bool:
         """Every rank: the main process measures, logs and judges; True on every rank when
@@ -170,6 +177,7 @@ class BestModel:
         """Log an evaluation and judge it; True when memorisation is over eval.memorised_max."""
         step = self.state.step
         self.seconds += ended - started
+        self.setup += max(0.0, ended - started - monitor.seconds)
         self.ended, self.cost = ended, monitor.seconds
         # What evaluating costs, in the log beside the scores (not in model-best's metadata).
         share = self.seconds / max(1e-9, ended - self.born)

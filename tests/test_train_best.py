@@ -176,7 +176,7 @@ def spaced_run(setup_s: float, charge_by_progress: bool, hours: float = 8.0, sha
 
 def test_time_share_charges_the_one_off_setup_as_the_run_goes():
     """A 70 s set-up (700 training images' features on a 2-core CPU) in an 8-hour run at 3 %: charged
-    at once it held the second evaluation back ~40 minutes; charged with the run's progress the
+    at once it held the second evaluation back 47 minutes; charged with the run's progress the
     evaluations are spaced by what they cost, and the whole run still spends at most its share."""
     at_once, spent_at_once = spaced_run(70.0, charge_by_progress=False)
     with_progress, spent = spaced_run(70.0, charge_by_progress=True)

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a variant: name, optionally its own recipe, then recipe overrides separated by ';' "
                         "(repeatable)")
     t.add_argument("--no-eval", action="store_true",
-                   help="no in-training evaluation (a machine without the Inception weights); score afterwards")
+                   help="no in-training evaluation and no end-of-run sampler choice (a machine without the "
+                        "Inception weights); score afterwards")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="stop every run still going after this long (SIGTERM: each saves a checkpoint first)")
     t.add_argument("--jobs", type=int, default=1, help="variants trained at once (default 1)")
@@ -181,7 +182,8 @@ def train_overrides(args, name: str, recipe: str, overrides: list[str]) -> list[
     t = load_recipe(recipe, [*args.set, *overrides]).train
     steps = args.steps_hint or (args.images // (t.batch_size * t.grad_accum) if args.images else 100_000)
     every = max(100, steps // args.checkpoints)
-    evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path="] if args.no_eval else
+    # --no-eval: no end-of-run sampler choice either (it scores with the same Inception network)
+    evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path=", "sampling.choose=false"] if args.no_eval else
                   ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"])
     return [f"data.path={args.out / 'train'}", f"data.size={args.size}", "train.steps=null", *length,
             *evaluation, "eval.kid_every_steps=0",

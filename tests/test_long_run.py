@@ -58,3 +58,14 @@ def test_train_spaces_checkpoints_by_the_variants_own_batch(tmp_path):
         every[batch] = [o for o in overrides if o.startswith("checkpoint.every_steps=")]
     # 400,000 images in 8 parts: 50,000 images apart at either batch
     assert every == {4: ["checkpoint.every_steps=12500"], 16: ["checkpoint.every_steps=3125"]}
+
+
+def test_no_eval_also_turns_off_the_end_of_run_sampler_choice(tmp_path):
+    """The GPU machine has no Inception weights: the choice, which scores with them, would fail there."""
+    from xurdif.recipe import load_recipe
+
+    recipe = str(ROOT / "recipes" / "small-data.yaml")
+    for flags, evaluated in (([], True), (["--no-eval"], False)):
+        args = long_run.build_parser().parse_args(["train", "--out", str(tmp_path), "--images", "1000", *flags])
+        r = load_recipe(recipe, long_run.train_overrides(args, "v", recipe, []))
+        assert (r.sampling.choose, r.eval.time_share > 0) == (evaluated, evaluated)

@@ -192,3 +192,41 @@ def test_time_share_charges_the_one_off_setup_as_the_run_goes():
     assert spent / length > 0.029  # the share is used, not wasted
     # Without a set-up both rules are the same rule.
     assert spaced_run(0.0, True, hours=1.0) == spaced_run(0.0, False, hours=1.0)
+
+
+def test_a_stop_request_ends_the_sampler_choice_after_the_candidate_in_hand(tmp_path, monkeypatch, capsys):
+    """The end-of-run choice takes minutes on a CPU; a SIGTERM or first Ctrl-C during it was held until
+    it ended. Now it ends after the current candidate and the files keep the sampler they had."""
+    from types import SimpleNamespace
+
+    import xurdif.sampling.choose as choose
+    from xurdif.recipe import load_recipe
+    from xurdif.train.choose_sampler import choose_default_sampler
+
+    for name in ("model.safetensors", "model-best.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+    measured, reports, flag = [], [], {"stop": False}
+
+    def fake_choose(path, *a, after_each, **k):
+        for candidate in range(3):
+            measured.append((path.name, candidate))
+            after_each()
+        return SimpleNamespace(describe=lambda: "ddim 10"), []
+
+    monkeypatch.setattr(choose, "choose_for_file", fake_choose)
+    monitor = SimpleNamespace(reference=lambda: (None, "ref"), extractor=None)
+    trainer = SimpleNamespace(r=load_recipe(FIXTURE_RECIPE), best=SimpleNamespace(monitor=lambda: monitor),
+                              out=SimpleNamespace(run_dir=tmp_path, write_report=lambda: reports.append(1)),
+                              acc=SimpleNamespace(device="cpu"))
+    assert choose_default_sampler(trainer, lambda: flag["stop"]) is True
+    assert len(measured) == 6 and len(reports) == 6
+    measured.clear()
+    reports.clear()
+
+    def stop_after_first():
+        flag["stop"] = len(measured) >= 1
+        return flag["stop"]
+
+    assert choose_default_sampler(trainer, stop_after_first) is False
+    assert measured == [("model.safetensors", 0)] and reports == [1]  # no more candidates, model-best untouched
+    assert "stop requested: sampler choice ended; model.safetensors and the files after it keep" in capsys.readouterr().out

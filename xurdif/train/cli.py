@@ -253,7 +253,7 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
             if acc.is_main_process:
                 from .choose_sampler import choose_default_sampler
 
-                choose_default_sampler(trainer)
+                choose_default_sampler(trainer, lambda: stop.flag)
             acc.wait_for_everyone()
         if acc.is_main_process:
             # Last, after the progress bar: what the operator reads when the command returns.

@@ -183,8 +183,9 @@ def train_overrides(args, name: str, recipe: str, overrides: list[str]) -> list[
     steps = args.steps_hint or (args.images // (t.batch_size * t.grad_accum) if args.images else 100_000)
     every = max(100, steps // args.checkpoints)
     # --no-eval: no end-of-run sampler choice either (it scores with the same Inception network)
-    evaluation = (["eval.time_share=0", "eval.holdout=0", "eval.holdout_path=", "sampling.choose=false"] if args.no_eval else
-                  ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"])
+    off = ["eval.time_share=0", "eval.holdout=0", "eval.holdout_path=", "sampling.choose=false"]
+    on = ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"]
+    evaluation = off if args.no_eval else on
     return [f"data.path={args.out / 'train'}", f"data.size={args.size}", "train.steps=null", *length,
             *evaluation, "eval.kid_every_steps=0",
             f"checkpoint.every_steps={every}", f"checkpoint.keep_every={every}", "checkpoint.keep_last=1",

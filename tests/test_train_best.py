@@ -229,4 +229,5 @@ def test_a_stop_request_ends_the_sampler_choice_after_the_candidate_in_hand(tmp_
 
     assert choose_default_sampler(trainer, stop_after_first) is False
     assert measured == [("model.safetensors", 0)] and reports == [1]  # no more candidates, model-best untouched
-    assert "stop requested: sampler choice ended; model.safetensors and the files after it keep" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "stop requested: sampler choice ended; model.safetensors and the files after it keep" in said

@@ -250,6 +250,7 @@ def test_copies_section_says_when_copying_began_and_shows_the_closest_pairs(tmp_
     text = (tmp_path / "r" / "report.html").read_text()
     assert "<li>first sample copying a training image: step 10</li>" in text
     assert "<li>memorised share over eval.memorised_max from: step 15</li>" in text
+    assert "no better model in" not in text  # no model-best.safetensors in this run
     page = Page(text)
     assert ["eval/closest-best.png", "eval/closest-last.png"] == [i for i in page.imgs if "closest" in i]
     check_images_exist(page, tmp_path / "r" / "report.html")

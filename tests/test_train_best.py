@@ -11,6 +11,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from xurdif.train import loop
+from xurdif.train.monitor import best_summary
+from xurdif.train.state import RunState
 from xurdif.train.cli import main as launch_main
 from xurdif.weights import load_state, read_meta
 
@@ -55,10 +57,15 @@ def train(out, *extra):
                         "checkpoint.every_steps=2", "checkpoint.keep_last=10", *extra])
 
 
-def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, scripted, caplog):
+def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, scripted, caplog, capsys):
     caplog.set_level(logging.WARNING, logger="xurdif.train")
     out = tmp_path / "run"
     assert train(out) == 0
+    # The run's last words: which step model-best is, and that the two evaluations after it found
+    # no better model (step 6's lower KID copies).
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "model-best.safetensors: step 4, KID 300.0 x1e-3; the 2 evaluations after it, in the last 4 steps "
+        "(50% of the run), found no better one", f"done: {out / 'model.safetensors'}"]
     assert scripted == [0.5, 0.3, 0.1, 0.2]
     best = out / "model-best.safetensors"
     assert read_meta(best).extra["best"] == {"step": 4, "kid": 0.3, "kid_std": 0.01, "memorised": 0.04}
@@ -74,6 +81,8 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
     assert [e.step for e in ea.Tensors("eval/warning/text_summary")] == [6]
     state = json.loads((out / "checkpoints" / "step-0000008" / "state.json").read_text())
     assert state["best_kid"] == 0.3 and state["memorised_warned"] is True
+    assert state["best_step"] == 4 and state["evals_since_best"] == 2
+    assert "<li>no better model in the 2 evaluations after it, to step 8</li>" in (out / "report.html").read_text()
     # When copying began: the first evaluation with any copy (step 4, 4 %), in the log and the state.
     assert state["first_copy_step"] == 4
     assert [e.step for e in ea.Tensors("eval/first_copy/text_summary")] == [4]
@@ -92,7 +101,9 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     state = json.loads((out / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["step"] == 6
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2:] == ["stopping at step 6: memorisation over eval.memorised_max (eval.stop_on_memorised)",
+    assert lines[-3:] == ["stopping at step 6: memorisation over eval.memorised_max (eval.stop_on_memorised)",
+                          "model-best.safetensors: step 4, KID 300.0 x1e-3; the 1 evaluation after it, in the last "
+                          "2 steps (33% of the run), found no better one",
                           f"stopped at step 6: checkpoint saved in {out / 'checkpoints' / 'step-0000006'}"]
     assert (out / "model.safetensors").is_file()
     assert read_meta(out / "model-best.safetensors").extra["best"]["step"] == 4
@@ -231,3 +242,18 @@ def test_a_stop_request_ends_the_sampler_choice_after_the_candidate_in_hand(tmp_
     assert measured == [("model.safetensors", 0)] and reports == [1]  # no more candidates, model-best untouched
     said = capsys.readouterr().out
     assert "stop requested: sampler choice ended; model.safetensors and the files after it keep" in said
+
+
+def test_the_best_models_summary_says_how_long_nothing_beat_it():
+    state = RunState(step=1000, best_kid=0.0215, best_step=250, evals_since_best=7)
+    assert best_summary(state) == ("model-best.safetensors: step 250, KID 21.5 x1e-3; the 7 evaluations after it, "
+                                   "in the last 750 steps (75% of the run), found no better one")
+    assert best_summary(RunState(step=1000, best_kid=0.0215, best_step=1000)) == \
+        "model-best.safetensors: step 1000, KID 21.5 x1e-3, the last evaluation"
+    # A checkpoint from before the step was recorded: the count still means something.
+    assert best_summary(RunState(step=1000, best_kid=0.0215, evals_since_best=1)) == \
+        "model-best.safetensors: an earlier step, KID 21.5 x1e-3; the 1 evaluation after it found no better one"
+    assert best_summary(RunState(step=1000)) is None
+    # Saved and read back, as a resume does: the count goes on from where it was.
+    assert RunState.from_dict(state.to_dict()).evals_since_best == 7
+

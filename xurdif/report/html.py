@@ -14,7 +14,7 @@ from urllib.parse import quote
 import yaml
 
 from .data import RunData
-from .svg import COLOURS, fmt, line_plot
+from .svg import fmt, line_plot
 
 TITLES = {"loss/total": "loss: total", "train/lr": "learning rate", "train/images_per_sec": "images/s",
           "train/time_left_s": "time left (s)", "train/steps_total": "the run's length (steps)",
@@ -231,6 +231,11 @@ def copies(runs: list[RunData], out_dir: Path) -> str:
         if r.best:
             lines.append(f"model-best.safetensors: step {r.best.get('step')}, KID {fmt(r.best.get('kid', 0))}, "
                          f"memorised {r.best.get('memorised', 0):.1%}")
+            # A long tail here is a plateau: the hours after the best bought nothing.
+            after = [s for s, _ in points(r, "eval/kid") if s > r.best.get("step", math.inf)]
+            if after:
+                lines.append(f"no better model in the {len(after)} evaluation{'s' if len(after) > 1 else ''} "
+                             f"after it, to step {after[-1]}")
         figs = "".join(f'<figure>{zoomable(rel(p, out_dir), f"{r.name} closest pairs, {which} model")}'
                        f"<figcaption>{which} model: samples (red frame: a copy), their nearest training image, "
                        f"the second nearest</figcaption></figure>" for which, p in sorted(r.closest.items()))

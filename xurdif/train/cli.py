@@ -209,6 +209,15 @@ def close_session(recipe: Recipe, acc, outputs, opened: bool, held: contextlib.E
     acc.end_training()
 
 
+def last_words(end, state) -> list[str]:
+    """Printed last, after the progress bar: what the operator reads when the command returns."""
+    from .monitor import best_summary
+
+    best = best_summary(state)
+    return ([best] if best else []) + [f"done: {end.path}" if end.reason == "done"
+                                       else f"stopped at step {state.step}: checkpoint saved in {end.path}"]
+
+
 def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
     from ..data import DataError
     from ..weights import ModelFileError
@@ -256,9 +265,7 @@ def train(recipe: Recipe, resume: str = "auto", restart: bool = False) -> int:
                 choose_default_sampler(trainer, lambda: stop.flag)
             acc.wait_for_everyone()
         if acc.is_main_process:
-            # Last, after the progress bar: what the operator reads when the command returns.
-            print(f"done: {end.path}" if end.reason == "done"
-                  else f"stopped at step {trainer.state.step}: checkpoint saved in {end.path}")
+            print("\n".join(last_words(end, trainer.state)))
         return EXIT_STOPPED if end.reason == "stopped" else 0
     except ModelFileError as e:  # model.init_from: one line, exit 2 like every tool given a bad model file
         print(f"error: model.init_from: {e}", file=sys.stderr)

@@ -195,16 +195,18 @@ class BestModel:
                    f"{e.kid_samples} samples; eval.memorised_max is {e.memorised_max:.1%})")
             log.info(msg)
             self.out.log_text("eval/first_copy", msg, step)
+        if memo < e.memorised_max and (s.best_kid is None or scores["kid"] < s.best_kid):
+            s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, 0
+            self.export(step, scores)
+            if picture is not None:
+                self.out.write_closest(picture, "best")
+        elif s.best_kid is not None:
+            s.evals_since_best += 1
         if memo > e.memorised_max:
             if not s.memorised_warned:
                 s.memorised_warned = True
                 self._warn(memo, step)
             return True
-        if memo < e.memorised_max and (s.best_kid is None or scores["kid"] < s.best_kid):
-            s.best_kid = scores["kid"]
-            self.export(step, scores)
-            if picture is not None:
-                self.out.write_closest(picture, "best")
         return False
 
     def _warn(self, memo: float, step: int) -> None:
@@ -215,3 +217,21 @@ class BestModel:
         log.warning(msg)
         self.out.log_text("eval/warning", msg, step)
         self.out.log_eval({"memorised_over_max": 1.0}, step)
+
+
+def best_summary(state: RunState) -> str | None:
+    """The end of a run's word on model-best.safetensors: which step, and how many evaluations
+    after it found no better model (lower KID under the copy limit). Copy-free models of few
+    images level off after ~600 epochs and hold there (docs/quality.md "The recipe as shipped"):
+    a long tail of such evaluations says the hours after the best bought nothing."""
+    s = state
+    if s.best_kid is None:
+        return None
+    head = f"model-best.safetensors: {f'step {s.best_step}' if s.best_step is not None else 'an earlier step'}, " \
+        f"KID {s.best_kid * 1e3:.1f} x1e-3"
+    n = s.evals_since_best
+    if not n:
+        return head + ", the last evaluation"
+    span = "" if s.best_step is None else \
+        f", in the last {s.step - s.best_step} steps ({(s.step - s.best_step) / max(s.step, 1):.0%} of the run),"
+    return head + f"; the {n} evaluation{'s' if n > 1 else ''} after it{span} found no better one"

@@ -256,4 +256,3 @@ def test_the_best_models_summary_says_how_long_nothing_beat_it():
     assert best_summary(RunState(step=1000)) is None
     # Saved and read back, as a resume does: the count goes on from where it was.
     assert RunState.from_dict(state.to_dict()).evals_since_best == 7
-

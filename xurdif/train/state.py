@@ -29,7 +29,7 @@ class RunState:
     seconds: float = 0.0  # wall clock of all sessions, up to the save
     best_kid: float | None = None
     best_step: int | None = None  # None with a best_kid: saved before the step was recorded
-    evals_since_best: int = 0  # evaluations after model-best that scored no lower: a plateau's length
+    evals_since_best: int = 0  # evaluations after model-best that found no better model: a plateau
     memorised_warned: bool = False
     first_copy_step: int | None = None  # first evaluation with a sample that copies
     # A time budget's length as last fitted (measured, then refitted at checkpoints): a resume

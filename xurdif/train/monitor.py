@@ -227,11 +227,13 @@ def best_summary(state: RunState) -> str | None:
     s = state
     if s.best_kid is None:
         return None
-    head = f"model-best.safetensors: {f'step {s.best_step}' if s.best_step is not None else 'an earlier step'}, " \
-        f"KID {s.best_kid * 1e3:.1f} x1e-3"
+    at = "an earlier step" if s.best_step is None else f"step {s.best_step}"
+    head = f"model-best.safetensors: {at}, KID {s.best_kid * 1e3:.1f} x1e-3"
     n = s.evals_since_best
     if not n:
         return head + ", the last evaluation"
-    span = "" if s.best_step is None else \
-        f", in the last {s.step - s.best_step} steps ({(s.step - s.best_step) / max(s.step, 1):.0%} of the run),"
+    span = ""
+    if s.best_step is not None:
+        left = s.step - s.best_step
+        span = f", in the last {left} steps ({left / max(s.step, 1):.0%} of the run),"
     return head + f"; the {n} evaluation{'s' if n > 1 else ''} after it{span} found no better one"

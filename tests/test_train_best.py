@@ -96,7 +96,9 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
 def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     out = tmp_path / "run"
     assert train(out, "eval.stop_on_memorised=true", "checkpoint.every_steps=5") == 0
-    assert scripted == [0.5, 0.3, 0.1]  # no evaluation after the stop
+    # The evaluation at step 6 copies: the look-back scores step 5's checkpoint (the one since step 4's
+    # evaluation; it copies too, by the script), and nothing is evaluated after the stop.
+    assert scripted == [0.5, 0.3, 0.1, 0.2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000005", "step-0000006"]
     state = json.loads((out / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["step"] == 6
@@ -107,6 +109,11 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
                           f"stopped at step 6: checkpoint saved in {out / 'checkpoints' / 'step-0000006'}"]
     assert (out / "model.safetensors").is_file()
     assert read_meta(out / "model-best.safetensors").extra["best"]["step"] == 4
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    ea.Reload()
+    assert [e.tensor_proto.string_val[0].decode() for e in ea.Tensors("eval/lookback/text_summary")] == [
+        "looked back: 1 of the 1 checkpoints kept since step 4 scored; the oldest of them copies over "
+        "eval.memorised_max too: model-best stays"]
 
 
 def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, monkeypatch):
@@ -256,3 +263,74 @@ def test_the_best_models_summary_says_how_long_nothing_beat_it():
     assert best_summary(RunState(step=1000)) is None
     # Saved and read back, as a resume does: the count goes on from where it was.
     assert RunState.from_dict(state.to_dict()).evals_since_best == 7
+
+
+def test_spread_keeps_the_newest_and_halves_until_they_fit():
+    from xurdif.train.lookback import spread
+
+    assert spread(list(range(1, 6)), 8) == [1, 2, 3, 4, 5]
+    assert spread(list(range(1, 11)), 8) == [2, 4, 6, 8, 10]
+    assert spread(list(range(1, 20)), 4) == [3, 11, 19]  # 19 -> 10 -> 5 -> 3: each halving doubles the spacing
+
+
+@pytest.mark.parametrize("onset", range(0, 8))
+def test_newest_under_finds_the_last_item_before_the_onset_by_bisection(onset):
+    from xurdif.train.lookback import newest_under
+
+    items = list(range(1, 8))  # copies from item `onset` + 1 on (none under the limit when onset is 0)
+    measured = []
+
+    def memorised(i):
+        measured.append(i)
+        return 0.0 if i <= onset else 0.5
+
+    got = newest_under(items, memorised, 0.02)
+    assert got == (None if onset == 0 else onset)
+    assert len(measured) <= 3 and len(set(measured)) == len(measured)  # log2(7) + 1, none twice
+
+
+def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_evaluation(
+        tmp_path, monkeypatch, capsys):
+    """Evaluations at steps 8 (no copy) and 16 (copies): the checkpoints of steps 9-15 are kept
+    though keep_last is 1, scored by bisection (12, 14, 13 when copying begins after step 13), and
+    step 13's weights become model-best; afterwards they are pruned as usual."""
+    out = tmp_path / "run"
+    seen = []
+
+    class ByWeights:
+        seconds = 0.0
+
+        def __init__(self, recipe, data, device, heldout):
+            self.picture = torch.zeros((3, 4, 8), dtype=torch.uint8)
+
+        def __call__(self, ema, schedule, meta):
+            ours = ema.state_dict()
+            step = None
+            for path in sorted((out / "checkpoints").glob("step-*")):
+                theirs = load_file(path / "ema.safetensors")
+                if all(torch.equal(ours[k].cpu(), theirs[k]) for k in theirs):
+                    step = int(path.name[5:])
+            step = step or {0: 8, 1: 16}[sum(s in (8, 16) for s in seen)]  # a live evaluation: no checkpoint yet
+            seen.append(step)
+            self.picture = torch.full((3, 4, 8), step, dtype=torch.uint8)
+            return {"kid": 1.0 / step, "kid_std": 0.01, "memorised": 0.0 if step <= 13 else 0.5}
+
+    monkeypatch.setattr(loop, "KidMonitor", ByWeights)
+    assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=16", "eval.kid_every_steps=8",
+                        "checkpoint.every_steps=1", "checkpoint.keep_last=1"]) == 0
+    assert seen == [8, 16, 12, 14, 13]
+    assert read_meta(out / "model-best.safetensors").extra["best"] == {
+        "step": 13, "kid": 1 / 13, "kid_std": 0.01, "memorised": 0.0}
+    state = json.loads((out / "checkpoints" / "step-0000016" / "state.json").read_text())
+    assert (state["best_step"], state["clean_step"], state["evals_since_best"]) == (13, 8, 1)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000016"]
+    assert torch.from_numpy(np.array(Image.open(out / "eval" / "closest-best.png"))).unique().tolist() == [13]
+    assert capsys.readouterr().out.splitlines()[-2].startswith("model-best.safetensors: step 13, KID 76.9 x1e-3; "
+                                                              "the 1 evaluation after it")
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
+    ea.Reload()
+    text = ea.Tensors("eval/lookback/text_summary")
+    assert [e.step for e in text] == [16]
+    assert text[0].tensor_proto.string_val[0].decode() == (
+        "looked back: 3 of the 7 checkpoints kept since step 8 scored; step 13 is the newest under it, "
+        "KID 76.9 x1e-3: now model-best")

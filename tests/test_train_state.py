@@ -11,7 +11,7 @@ from xurdif.train.state import RunState
 RECIPE = "tests/recipes/fixture.yaml"
 # state.json's keys: checkpoints on disk hold these names, so they must not change.
 KEYS = {"step", "images_seen", "global_batch", "world_size", "recipe_hash", "nonfinite_total", "seconds", "best_kid",
-        "best_step", "evals_since_best", "memorised_warned", "first_copy_step", "time_budget_s", "total_images",
+        "best_step", "evals_since_best", "memorised_warned", "first_copy_step", "clean_step", "time_budget_s", "total_images",
         "noise_draws", "recipe"}
 
 
@@ -23,7 +23,7 @@ def test_state_keeps_its_keys_and_reads_older_checkpoints():
     now.nonfinite_in_row = 3
     now.resume(old, "ckpt")
     assert (now.step, now.images_seen, now.seconds, now.best_kid, now.total_images) == (10, 80, 0.0, None, None)
-    assert (now.best_step, now.evals_since_best) == (None, 0)
+    assert (now.best_step, now.evals_since_best, now.clean_step) == (None, 0, None)
     assert now.nonfinite_in_row == 0  # a resumed run starts a new streak
     assert now.world_size == 1 and now.recipe_hash != "x"  # the resuming session's facts
     with pytest.raises(ValueError, match="global batch of 16"):

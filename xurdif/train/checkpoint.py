@@ -160,10 +160,11 @@ def stored_recipe(path: Path) -> str | None:
     return RunState.from_dict(json.loads((Path(path) / "state.json").read_text())).recipe
 
 
-def prune(run_dir: Path, keep_last: int, keep_every: int) -> list[Path]:
-    """Delete old checkpoints (main process only, and only after a successful save)."""
+def prune(run_dir: Path, keep_last: int, keep_every: int, also: list[Path] = ()) -> list[Path]:
+    """Delete old checkpoints (main process only, and only after a successful save); `also`:
+    more to keep (those a look-back may score: xurdif.train.lookback)."""
     ckpts = list_checkpoints(run_dir)
-    keep = set(ckpts[-keep_last:])
+    keep = set(ckpts[-keep_last:]) | set(also)
     if keep_every:
         keep |= {p for p in ckpts if int(NAME.match(p.name).group(1)) % keep_every == 0}
     removed = [p for p in ckpts if p not in keep]

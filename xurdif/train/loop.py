@@ -99,11 +99,11 @@ class Trainer:
 
     def _export(self, model: dict, ema: dict) -> None:
         self.out.export_model(exported_meta(self.model.meta, self.state, self.data), model, ema)
-        prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every)
+        prune(self.out.run_dir, self.r.checkpoint.keep_last, self.r.checkpoint.keep_every, self.best.keep())
         self.out.write_report()  # the checkpoint list as pruned
 
-    def export_best(self, step: int, scores: dict[str, float]) -> None:
-        self.out.export_best(self.model.meta, **self.model.weights(), step=step, scores=scores)
+    def export_best(self, step: int, scores: dict[str, float], weights: dict[str, dict] | None = None) -> None:
+        self.out.export_best(self.model.meta, **(weights or self.model.weights()), step=step, scores=scores)
 
     def load(self, path: Path, verified: bool = False) -> None:
         ck = load_checkpoint(path, verified)

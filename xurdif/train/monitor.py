@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from safetensors.torch import load_file
 
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
@@ -18,6 +20,7 @@ from ..recipe import Recipe
 from ..seeds import derive_seed
 from .dist import any_rank
 from .feed import open_source
+from .lookback import candidates, newest_under, step_of, waiting, weights_of
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -118,9 +121,10 @@ class BestModel:
     process evaluates, and its clock decides for every rank."""
 
     def __init__(self, recipe: Recipe, state: RunState, out: RunOutputs, acc: Accelerator, *, born: float,
-                 first_after: float, monitor: Callable[[], KidMonitor], export: Callable[[int, dict], None],
+                 first_after: float, monitor: Callable[[], KidMonitor], export: Callable[..., None],
                  clock: Callable[[], float], progress: Callable[[], float] = lambda: 1.0):
-        """progress: the share of this session's training done, 0-1 (TimeBudget.session_done)."""
+        """progress: the share of this session's training done, 0-1 (TimeBudget.session_done);
+        export(step, scores, weights=None): write model-best (the live weights, or a checkpoint's)."""
         self.cfg, self.warmup = recipe.eval, recipe.optim.warmup_images
         self.state, self.out, self.acc, self.export, self.clock = state, out, acc, export, clock
         self.progress = progress
@@ -168,8 +172,11 @@ class BestModel:
         if self.acc.is_main_process:
             started = self.clock()
             monitor = self.monitor()
+            warned = self.state.memorised_warned
             scores = monitor(model.ema, model.schedule, model.meta)
             memorising = self.record(scores, started, self.clock(), monitor)
+            if memorising and not warned:
+                self.look_back(model, monitor)
         self.acc.wait_for_everyone()
         return self.cfg.stop_on_memorised and any_rank(self.acc, memorising)
 
@@ -195,6 +202,8 @@ class BestModel:
                    f"{e.kid_samples} samples; eval.memorised_max is {e.memorised_max:.1%})")
             log.info(msg)
             self.out.log_text("eval/first_copy", msg, step)
+        if memo < e.memorised_max:
+            s.clean_step = step
         if memo < e.memorised_max and (s.best_kid is None or scores["kid"] < s.best_kid):
             s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, 0
             self.export(step, scores)
@@ -217,6 +226,53 @@ class BestModel:
         log.warning(msg)
         self.out.log_text("eval/warning", msg, step)
         self.out.log_eval({"memorised_over_max": 1.0}, step)
+
+    def _after_clean(self) -> int:
+        return -1 if self.state.clean_step is None else self.state.clean_step
+
+    def keep(self) -> list[Path]:
+        """Checkpoints a look-back may score, kept from pruning until the first evaluation over
+        eval.memorised_max (xurdif.train.lookback); none when nothing evaluates."""
+        if self.state.memorised_warned or not (self.cfg.time_share or self.cfg.kid_every_steps):
+            return []
+        return waiting(self.out.run_dir, self._after_clean())
+
+    def look_back(self, model: Model, monitor: KidMonitor) -> None:
+        """At the first evaluation over eval.memorised_max (main process): the newest kept checkpoint
+        under it since the last evaluation under it, found by bisection, becomes model-best if its
+        KID is lower. Its cost counts against eval.time_share like any evaluation."""
+        s, after = self.state, self._after_clean()
+        paths = candidates(self.out.run_dir, after, s.step)
+        if not paths:
+            return
+        started, scored = self.clock(), {}
+
+        def memorised(path: Path) -> float:
+            with weights_of(model.ema, load_file(path / "ema.safetensors")) as ema:
+                scored[path] = monitor(ema, model.schedule, model.meta), monitor.picture
+            return scored[path][0]["memorised"]
+
+        found = newest_under(paths, memorised, self.cfg.memorised_max)
+        self.seconds += self.clock() - started
+        since = "the start" if after < 0 else f"step {after}"
+        msg = f"looked back: {len(scored)} of the {len(paths)} checkpoints kept since {since} scored; "
+        if found is None:
+            msg += "the oldest of them copies over eval.memorised_max too: model-best stays"
+        else:
+            step = step_of(found)
+            scores, picture = scored[found]
+            if s.best_kid is None or scores["kid"] < s.best_kid:
+                s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, 1
+                self.export(step, scores, {"model": load_file(found / "model.safetensors"),
+                                           "ema": load_file(found / "ema.safetensors")})
+                if picture is not None:
+                    self.out.write_closest(picture, "best")
+                msg += f"step {step} is the newest under it, KID {scores['kid'] * 1e3:.1f} x1e-3: now model-best"
+            else:
+                msg += (f"step {step} is the newest under it, KID {scores['kid'] * 1e3:.1f} x1e-3: not below "
+                        f"model-best's {s.best_kid * 1e3:.1f}")
+        log.info(msg)
+        self.out.log_text("eval/lookback", msg, s.step)
 
 
 def best_summary(state: RunState) -> str | None:

@@ -32,6 +32,7 @@ class RunState:
     evals_since_best: int = 0  # evaluations after model-best that found no better model: a plateau
     memorised_warned: bool = False
     first_copy_step: int | None = None  # first evaluation with a sample that copies
+    clean_step: int | None = None  # the newest evaluation under eval.memorised_max (xurdif.train.lookback)
     # A time budget's length as last fitted (measured, then refitted at checkpoints): a resume
     # with the same train.time goes on from it.
     time_budget_s: float | None = None

@@ -186,8 +186,9 @@ def train_overrides(args, name: str, recipe: str, overrides: list[str]) -> list[
     off = ["eval.time_share=0", "eval.holdout=0", "eval.holdout_path=", "sampling.choose=false"]
     on = ["eval.holdout=0", f"eval.holdout_path={args.out / 'heldout'}", "eval.time_share=0.03"]
     evaluation = off if args.no_eval else on
+    # A study wants the curve past the first copies, where the recipes stop (eval.stop_on_memorised).
     return [f"data.path={args.out / 'train'}", f"data.size={args.size}", "train.steps=null", *length,
-            *evaluation, "eval.kid_every_steps=0",
+            *evaluation, "eval.kid_every_steps=0", "eval.stop_on_memorised=false",
             f"checkpoint.every_steps={every}", f"checkpoint.keep_every={every}", "checkpoint.keep_last=1",
             f"samples.every_steps={every}", f"train.output_dir={args.out / 'runs' / name}", f"name=long-{name}",
             *args.set, *overrides]

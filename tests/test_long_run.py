@@ -69,3 +69,4 @@ def test_no_eval_also_turns_off_the_end_of_run_sampler_choice(tmp_path):
         args = long_run.build_parser().parse_args(["train", "--out", str(tmp_path), "--images", "1000", *flags])
         r = load_recipe(recipe, long_run.train_overrides(args, "v", recipe, []))
         assert (r.sampling.choose, r.eval.time_share > 0) == (evaluated, evaluated)
+        assert r.eval.stop_on_memorised is False  # the study's curves go on past the first copies

@@ -2,10 +2,10 @@
 few images thousands of epochs can pass between two: 20 sprites went from no copy to 48 % copies
 between two evaluations 8,000 epochs apart, and model-best stayed the model of the first minute
 (docs/quality.md "Twenty images"). So while no evaluation has found memorisation over
-eval.memorised_max, the checkpoints written since the last evaluation under it are kept (at most
-MAX_WAITING, evenly spread), and at the first evaluation over it they are scored by bisection:
-copying, once begun, only grew in every run measured, so the newest checkpoint under the limit is
-found in about log2(n) evaluations. It becomes model-best.safetensors when its KID is lower."""
+eval.memorised_max, the checkpoints written since the last evaluation under it are kept (beyond
+MAX_WAITING every second one goes, the newest staying, so the older ones thin out), and at the
+first evaluation over it they are scored by bisection: copying, once begun, only grew in every
+run measured, so the newest checkpoint under the limit is found in about log2(n) evaluations. It becomes model-best.safetensors when its KID is lower."""
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +34,7 @@ def spread(items: list[T], cap: int) -> list[T]:
 
 
 def waiting(run_dir: Path, after: int) -> list[Path]:
-    """The checkpoints a look-back would score: those after step `after`, spread to MAX_WAITING."""
+    """The checkpoints a look-back would score: those after step `after`, thinned to MAX_WAITING."""
     return spread([p for p in list_checkpoints(run_dir) if step_of(p) > after], MAX_WAITING)
 
 

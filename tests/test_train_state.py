@@ -11,8 +11,8 @@ from xurdif.train.state import RunState
 RECIPE = "tests/recipes/fixture.yaml"
 # state.json's keys: checkpoints on disk hold these names, so they must not change.
 KEYS = {"step", "images_seen", "global_batch", "world_size", "recipe_hash", "nonfinite_total", "seconds", "best_kid",
-        "best_step", "evals_since_best", "memorised_warned", "first_copy_step", "clean_step", "time_budget_s", "total_images",
-        "noise_draws", "recipe"}
+        "best_step", "evals_since_best", "memorised_warned", "first_copy_step", "clean_step", "time_budget_s",
+        "total_images", "noise_draws", "recipe"}
 
 
 def test_state_keeps_its_keys_and_reads_older_checkpoints():

@@ -148,11 +148,15 @@ def load_checkpoint(path: Path, verified: bool = False) -> dict:
     return {
         "posthoc": load_file(posthoc) if posthoc.exists() else None,
         "state": json.loads((path / "state.json").read_text()),
-        "model": load_file(path / "model.safetensors"),
-        "ema": load_file(path / "ema.safetensors"),
+        **load_weights(path, "model", "ema"),
         "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
         "scaler": torch.load(scaler, weights_only=True) if scaler.exists() else None,
     }
+
+
+def load_weights(path: Path, *names: str) -> dict[str, dict[str, torch.Tensor]]:
+    """A checkpoint's weight files by name ("model", "ema"), without its optimizer state."""
+    return {name: load_file(Path(path) / f"{name}.safetensors") for name in names}
 
 
 def stored_recipe(path: Path) -> str | None:

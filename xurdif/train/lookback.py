@@ -5,7 +5,8 @@ between two evaluations 8,000 epochs apart, and model-best stayed the model of t
 eval.memorised_max, the checkpoints written since the last evaluation under it are kept (beyond
 MAX_WAITING every second one goes, the newest staying, so the older ones thin out), and at the
 first evaluation over it they are scored by bisection: copying, once begun, only grew in every
-run measured, so the newest checkpoint under the limit is found in about log2(n) evaluations. It becomes model-best.safetensors when its KID is lower."""
+run measured, so the newest checkpoint under the limit is found in about log2(n) evaluations.
+It becomes model-best.safetensors when its KID is lower."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-from .checkpoint import NAME, list_checkpoints, validate
+from .checkpoint import NAME, list_checkpoints
 
 MAX_WAITING = 8  # checkpoints kept for a look-back (a checkpoint of `base` with its optimizer: ~1 GB)
 
@@ -64,5 +65,6 @@ def weights_of(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> Itera
 
 
 def candidates(run_dir: Path, after: int, before: int) -> list[Path]:
-    """The intact checkpoints strictly between two evaluations' steps."""
-    return [p for p in waiting(run_dir, after) if step_of(p) < before and validate(p) is None]
+    """The kept checkpoints strictly between two evaluations' steps (validated only when scored:
+    hashing every one, a GB each for `base`, would double the look-back's cost)."""
+    return [p for p in waiting(run_dir, after) if step_of(p) < before]

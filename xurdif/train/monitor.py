@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from safetensors.torch import load_file
 
 from ..diffusion.denoiser import Denoiser
 from ..diffusion.samplers import sample
 from ..ranges import to_uint8
 from ..recipe import Recipe
 from ..seeds import derive_seed
+from .checkpoint import load_weights, validate
 from .dist import any_rank
 from .feed import open_source
 from .lookback import candidates, newest_under, step_of, waiting, weights_of
@@ -205,10 +205,7 @@ class BestModel:
         if memo < e.memorised_max:
             s.clean_step = step
         if memo < e.memorised_max and (s.best_kid is None or scores["kid"] < s.best_kid):
-            s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, 0
-            self.export(step, scores)
-            if picture is not None:
-                self.out.write_closest(picture, "best")
+            self._make_best(step, scores, picture)
         elif s.best_kid is not None:
             s.evals_since_best += 1
         if memo > e.memorised_max:
@@ -217,6 +214,15 @@ class BestModel:
                 self._warn(memo, step)
             return True
         return False
+
+    def _make_best(self, step: int, scores: dict[str, float], picture: torch.Tensor | None,
+                   weights: dict[str, dict] | None = None, evals_after: int = 0) -> None:
+        """model-best.safetensors from these scores: the live weights, or a checkpoint's `weights`."""
+        s = self.state
+        s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, evals_after
+        self.export(step, scores, weights)
+        if picture is not None:
+            self.out.write_closest(picture, "best")
 
     def _warn(self, memo: float, step: int) -> None:
         e = self.cfg
@@ -248,7 +254,11 @@ class BestModel:
         started, scored = self.clock(), {}
 
         def memorised(path: Path) -> float:
-            with weights_of(model.ema, load_file(path / "ema.safetensors")) as ema:
+            broken = validate(path)
+            if broken is not None:  # never model-best: the search goes on among the older ones
+                log.warning("look-back: skipping checkpoint %s: %s", path, broken)
+                return 1.0
+            with weights_of(model.ema, load_weights(path, "ema")["ema"]) as ema:
                 scored[path] = monitor(ema, model.schedule, model.meta), monitor.picture
             return scored[path][0]["memorised"]
 
@@ -262,11 +272,8 @@ class BestModel:
             step = step_of(found)
             scores, picture = scored[found]
             if s.best_kid is None or scores["kid"] < s.best_kid:
-                s.best_kid, s.best_step, s.evals_since_best = scores["kid"], step, 1
-                self.export(step, scores, {"model": load_file(found / "model.safetensors"),
-                                           "ema": load_file(found / "ema.safetensors")})
-                if picture is not None:
-                    self.out.write_closest(picture, "best")
+                # after it: the evaluation that found the copies
+                self._make_best(step, scores, picture, load_weights(found, "model", "ema"), evals_after=1)
                 msg += f"step {step} is the newest under it, KID {scores['kid'] * 1e3:.1f} x1e-3: now model-best"
             else:
                 msg += (f"step {step} is the newest under it, KID {scores['kid'] * 1e3:.1f} x1e-3: not below "

@@ -24,7 +24,9 @@ WARNING = "of samples copy a training image, over eval.memorised_max"
 
 
 class Script(list):
-    """The KIDs the fake monitor returned, in order; .seen: what the trainer gave it."""
+    """The KIDs the fake monitor returned, in order; .seen: what the trainer gave it; .confirm: the
+    share of copies a second measurement with more samples finds, by evaluation (default: the same);
+    .samples: the sample counts asked for by second measurements."""
 
 
 @pytest.fixture
@@ -40,14 +42,18 @@ def scripted(monkeypatch):
             seen.update(train_names=data.names(), heldout=heldout)
             self.picture = torch.full((3, 4, 8), len(calls), dtype=torch.uint8)  # which evaluation drew it
 
-        def __call__(self, ema, schedule, meta):
+        def __call__(self, ema, schedule, meta, samples=None):
+            if samples is not None:  # measured again: the last evaluation, with more samples
+                scripted.samples.append(samples)
+                kid, memo = SCRIPT[len(calls) - 1]
+                return {"kid": kid, "kid_std": 0.005, "memorised": scripted.confirm.get(len(calls) - 1, memo)}
             kid, memo = SCRIPT[len(calls)]
             calls.append(kid)
             self.picture = torch.full((3, 4, 8), len(calls), dtype=torch.uint8)
             return {"kid": kid, "kid_std": 0.01, "memorised": memo}
 
     monkeypatch.setattr(loop, "KidMonitor", FakeMonitor)
-    scripted.seen = seen
+    scripted.seen, scripted.confirm, scripted.samples = seen, {}, []
     scripted.monitor = FakeMonitor
     return scripted
 
@@ -68,7 +74,11 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
         "(50% of the run), found no better one", f"done: {out / 'model.safetensors'}"]
     assert scripted == [0.5, 0.3, 0.1, 0.2]
     best = out / "model-best.safetensors"
-    assert read_meta(best).extra["best"] == {"step": 4, "kid": 0.3, "kid_std": 0.01, "memorised": 0.04}
+    # Step 4's 4 % is under the fixture's 5 % limit but not 0: measured again with 4x the samples,
+    # whose scores count (and name how many samples they are of).
+    assert scripted.samples == [4 * 64]
+    assert read_meta(best).extra["best"] == {"step": 4, "kid": 0.3, "kid_std": 0.005, "memorised": 0.04,
+                                             "samples": 256.0}
     ema4 = load_file(out / "checkpoints" / "step-0000004" / "ema.safetensors")
     got = load_state(best, "ema")
     assert got.keys() == ema4.keys() and all(torch.equal(got[k], ema4[k]) for k in got)
@@ -91,6 +101,27 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
     last_pairs = torch.from_numpy(np.array(Image.open(out / "eval" / "closest-last.png")))
     assert best_pairs.unique().tolist() == [2] and last_pairs.unique().tolist() == [4]
     assert [e.step for e in ea.Scalars("eval/time_share")] == [2, 4, 6, 8]
+
+
+def test_a_share_under_the_limit_but_not_zero_counts_only_when_more_samples_confirm_it(tmp_path, scripted, caplog):
+    """Step 4 shows 4 % copies (under the fixture's 5 %); with four times the samples it is 8 %: so step 4
+    is over the limit, the warning comes there, and model-best stays the model of step 2."""
+    caplog.set_level(logging.INFO, logger="xurdif.train")
+    scripted.confirm[1] = 0.08
+    out = tmp_path / "run"
+    assert train(out, "eval.stop_on_memorised=true") == 0
+    assert scripted == [0.5, 0.3] and scripted.samples == [256]
+    assert read_meta(out / "model-best.safetensors").extra["best"] == {
+        "step": 2, "kid": 0.5, "kid_std": 0.01, "memorised": 0.0, "samples": 64.0}
+    messages = [r.getMessage() for r in caplog.records]
+    assert "step 4: 4.0% of 64 samples copy, under eval.memorised_max; measured again with 256: 8.0%" in messages
+    assert [m for m in messages if WARNING in m] == [
+        "step 4: 8.0% of samples copy a training image, over eval.memorised_max 5.0%; the model is starting to "
+        "memorise. model-best.safetensors keeps the best model below it; stopping (eval.stop_on_memorised)"]
+    ea = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("eval/samples")] == [(2, 64.0), (4, 256.0)]
+    assert [(e.step, round(e.value, 3)) for e in ea.Scalars("eval/memorised")] == [(2, 0.0), (4, 0.08)]
 
 
 def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
@@ -265,12 +296,21 @@ def test_the_best_models_summary_says_how_long_nothing_beat_it():
     assert RunState.from_dict(state.to_dict()).evals_since_best == 7
 
 
-def test_spread_keeps_the_newest_and_halves_until_they_fit():
-    from xurdif.train.lookback import spread
+def test_thin_keeps_the_newest_and_an_even_spread_of_checkpoints_arriving_one_by_one():
+    from xurdif.train.lookback import thin
 
-    assert spread(list(range(1, 6)), 8) == [1, 2, 3, 4, 5]
-    assert spread(list(range(1, 11)), 8) == [2, 4, 6, 8, 10]
-    assert spread(list(range(1, 20)), 4) == [3, 11, 19]  # 19 -> 10 -> 5 -> 3: each halving doubles the spacing
+    assert thin(list(range(1, 6)), 8, 0, int) == [1, 2, 3, 4, 5]
+    assert thin(list(range(1, 11)), 8, 0, int) == [2, 4, 5, 6, 7, 8, 9, 10]  # the older go first on a tie
+    # As in training: a checkpoint every 500 steps after a clean evaluation at step 720, pruned to
+    # the kept ones plus the new one at each save, for 40,000 steps (an hours-long gap between two
+    # evaluations). The widest gap the look-back could not see into stays under twice the even
+    # spacing (halving left one of 34,000 steps: 1,000, then 35,000-39,500).
+    kept = []
+    for step in range(1000, 40001, 500):
+        kept = thin(kept + [step], 8, 720, int)
+    assert len(kept) == 8 and kept[-1] == 40000
+    gaps = [b - a for a, b in zip([720] + kept, kept)]
+    assert max(gaps) < 2 * (40000 - 720) / 8, kept
 
 
 @pytest.mark.parametrize("onset", range(0, 8))
@@ -289,13 +329,16 @@ def test_newest_under_finds_the_last_item_before_the_onset_by_bisection(onset):
     assert len(measured) <= 3 and len(set(measured)) == len(measured)  # log2(7) + 1, none twice
 
 
+@pytest.mark.parametrize("step13_copies", [False, True])
 def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_evaluation(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, step13_copies):
     """Evaluations at steps 8 (no copy) and 16 (copies): the checkpoints of steps 9-15 are kept
     though keep_last is 1, scored by bisection (12, 14, 13 when copying begins after step 13), and
-    step 13's weights become model-best; afterwards they are pruned as usual."""
+    step 13's weights become model-best; afterwards they are pruned as usual. When step 13 shows 3 %
+    copies (under the 5 % limit) that more samples put at 6 %, step 12 is the newest under it."""
     out = tmp_path / "run"
     seen = []
+    best = 12 if step13_copies else 13
 
     class ByWeights:
         seconds = 0.0
@@ -303,7 +346,7 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
         def __init__(self, recipe, data, device, heldout):
             self.picture = torch.zeros((3, 4, 8), dtype=torch.uint8)
 
-        def __call__(self, ema, schedule, meta):
+        def __call__(self, ema, schedule, meta, samples=None):
             ours = ema.state_dict()
             step = None
             for path in sorted((out / "checkpoints").glob("step-*")):
@@ -311,26 +354,52 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
                 if all(torch.equal(ours[k].cpu(), theirs[k]) for k in theirs):
                     step = int(path.name[5:])
             step = step or {0: 8, 1: 16}[sum(s in (8, 16) for s in seen)]  # a live evaluation: no checkpoint yet
-            seen.append(step)
+            seen.append((step, samples) if samples else step)
             self.picture = torch.full((3, 4, 8), step, dtype=torch.uint8)
-            return {"kid": 1.0 / step, "kid_std": 0.01, "memorised": 0.0 if step <= 13 else 0.5}
+            memo = 0.0 if step < 13 or not step13_copies and step == 13 else 0.5 if step > 13 else 0.06 if samples else 0.03
+            return {"kid": 1.0 / step, "kid_std": 0.01, "memorised": memo}
 
     monkeypatch.setattr(loop, "KidMonitor", ByWeights)
     assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=16", "eval.kid_every_steps=8",
                         "checkpoint.every_steps=1", "checkpoint.keep_last=1"]) == 0
-    assert seen == [8, 16, 12, 14, 13]
+    assert seen == [8, 16, 12, 14, 13] + ([(13, 256)] if step13_copies else [])
     assert read_meta(out / "model-best.safetensors").extra["best"] == {
-        "step": 13, "kid": 1 / 13, "kid_std": 0.01, "memorised": 0.0}
+        "step": best, "kid": 1 / best, "kid_std": 0.01, "memorised": 0.0, "samples": 64.0}
     state = json.loads((out / "checkpoints" / "step-0000016" / "state.json").read_text())
-    assert (state["best_step"], state["clean_step"], state["evals_since_best"]) == (13, 8, 1)
+    assert (state["best_step"], state["clean_step"], state["evals_since_best"]) == (best, 8, 1)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000016"]
-    assert torch.from_numpy(np.array(Image.open(out / "eval" / "closest-best.png"))).unique().tolist() == [13]
-    assert capsys.readouterr().out.splitlines()[-2].startswith("model-best.safetensors: step 13, KID 76.9 x1e-3; "
-                                                              "the 1 evaluation after it")
+    assert torch.from_numpy(np.array(Image.open(out / "eval" / "closest-best.png"))).unique().tolist() == [best]
+    assert capsys.readouterr().out.splitlines()[-2].startswith(
+        f"model-best.safetensors: step {best}, KID {1e3 / best:.1f} x1e-3; the 1 evaluation after it")
     ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
     ea.Reload()
     text = ea.Tensors("eval/lookback/text_summary")
     assert [e.step for e in text] == [16]
     assert text[0].tensor_proto.string_val[0].decode() == (
-        "looked back: 3 of the 7 checkpoints kept since step 8 scored; step 13 is the newest under it, "
-        "KID 76.9 x1e-3: now model-best")
+        f"looked back: 3 of the 7 checkpoints kept since step 8 scored; step {best} is the newest under it, "
+        f"KID {1e3 / best:.1f} x1e-3: now model-best")
+
+
+def test_the_second_measurement_cuts_how_often_a_4_percent_copier_passes_as_the_readme_says():
+    """README: with the hour recipes' settings a model that copies 4 % of the time shows at most one copy
+    in 64 samples 27 % of the time, and passes 10 % of the time once four times the samples must confirm."""
+    from math import ceil, comb
+
+    from xurdif.recipe.load import load_recipe
+    from xurdif.train.monitor import CONFIRM_SAMPLES
+
+    e, p = load_recipe(ROOT / "recipes" / "watercolor.yaml").eval, 0.04
+    assert e == load_recipe(ROOT / "recipes" / "small-data.yaml").eval
+    n, big = e.kid_samples, e.kid_samples * CONFIRM_SAMPLES
+
+    def fewer_than(below, draws):  # P(fewer than `below` copies in `draws` samples)
+        return sum(comb(draws, k) * p ** k * (1 - p) ** (draws - k) for k in range(max(0, ceil(below))))
+
+    def exactly(k):
+        return fewer_than(k + 1, n) - fewer_than(k, n)
+
+    alone = fewer_than(e.memorised_max * n, n)  # what one measurement lets through: 0 or 1 copy
+    # 0 copies passes at once; 1 only if the bigger draw (the same first samples and more) stays under.
+    confirmed = exactly(0) + sum(exactly(k) * fewer_than(e.memorised_max * big - k, big - n)
+                                 for k in range(1, ceil(e.memorised_max * n)))
+    assert (round(alone, 2), round(confirmed, 2)) == (0.27, 0.10)

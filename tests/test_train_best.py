@@ -356,7 +356,10 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
             step = step or {0: 8, 1: 16}[sum(s in (8, 16) for s in seen)]  # a live evaluation: no checkpoint yet
             seen.append((step, samples) if samples else step)
             self.picture = torch.full((3, 4, 8), step, dtype=torch.uint8)
-            memo = 0.0 if step < 13 or not step13_copies and step == 13 else 0.5 if step > 13 else 0.06 if samples else 0.03
+            if step == 13 and step13_copies:
+                memo = 0.06 if samples else 0.03
+            else:
+                memo = 0.0 if step <= 13 else 0.5
             return {"kid": 1.0 / step, "kid_std": 0.01, "memorised": memo}
 
     monkeypatch.setattr(loop, "KidMonitor", ByWeights)

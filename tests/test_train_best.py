@@ -92,7 +92,9 @@ def test_best_model_follows_lowest_kid_under_threshold_and_warns_once(tmp_path, 
     state = json.loads((out / "checkpoints" / "step-0000008" / "state.json").read_text())
     assert state["best_kid"] == 0.3 and state["memorised_warned"] is True
     assert state["best_step"] == 4 and state["evals_since_best"] == 2
-    assert "<li>no better model in the 2 evaluations after it, to step 8</li>" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "<li>model-best.safetensors: step 4, KID 0.3, memorised 4.0% of 256 samples</li>" in report
+    assert "<li>no better model in the 2 evaluations after it, to step 8</li>" in report
     # When copying began: the first evaluation with any copy (step 4, 4 %), in the log and the state.
     assert state["first_copy_step"] == 4
     assert [e.step for e in ea.Tensors("eval/first_copy/text_summary")] == [4]
@@ -374,6 +376,8 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     assert torch.from_numpy(np.array(Image.open(out / "eval" / "closest-best.png"))).unique().tolist() == [best]
     assert capsys.readouterr().out.splitlines()[-2].startswith(
         f"model-best.safetensors: step {best}, KID {1e3 / best:.1f} x1e-3; the 1 evaluation after it")
+    assert (f"<li>model-best.safetensors: step {best} (a checkpoint scored by the look-back), KID "
+            f"{1 / best:.4g}, memorised 0.0% of 64 samples</li>") in (out / "report.html").read_text()
     ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
     ea.Reload()
     text = ea.Tensors("eval/lookback/text_summary")

@@ -229,8 +229,11 @@ def copies(runs: list[RunData], out_dir: Path) -> str:
         lines = [f"first sample copying a training image: {f'step {first}' if first is not None else 'none yet'}",
                  f"memorised share over eval.memorised_max from: {f'step {over[0][0]}' if over else 'never'}"]
         if r.best:
-            lines.append(f"model-best.safetensors: step {r.best.get('step')}, KID {fmt(r.best.get('kid', 0))}, "
-                         f"memorised {r.best.get('memorised', 0):.1%}")
+            step, samples = r.best.get("step"), r.best.get("samples")
+            # Not an evaluation's step: the look-back scored that checkpoint when the copies were found.
+            how = "" if step in {s for s, _ in points(r, "eval/kid")} else " (a checkpoint scored by the look-back)"
+            lines.append(f"model-best.safetensors: step {step}{how}, KID {fmt(r.best.get('kid', 0))}, "
+                         f"memorised {r.best.get('memorised', 0):.1%}" + (f" of {samples:.0f} samples" if samples else ""))
             # A long tail here is a plateau: the hours after the best bought nothing.
             after = [s for s, _ in points(r, "eval/kid") if s > r.best.get("step", math.inf)]
             if after:

@@ -232,8 +232,9 @@ def copies(runs: list[RunData], out_dir: Path) -> str:
             step, samples = r.best.get("step"), r.best.get("samples")
             # Not an evaluation's step: the look-back scored that checkpoint when the copies were found.
             how = "" if step in {s for s, _ in points(r, "eval/kid")} else " (a checkpoint scored by the look-back)"
+            of = f" of {samples:.0f} samples" if samples else ""
             lines.append(f"model-best.safetensors: step {step}{how}, KID {fmt(r.best.get('kid', 0))}, "
-                         f"memorised {r.best.get('memorised', 0):.1%}" + (f" of {samples:.0f} samples" if samples else ""))
+                         f"memorised {r.best.get('memorised', 0):.1%}{of}")
             # A long tail here is a plateau: the hours after the best bought nothing.
             after = [s for s, _ in points(r, "eval/kid") if s > r.best.get("step", math.inf)]
             if after:

@@ -333,11 +333,12 @@ def test_newest_under_finds_the_last_item_before_the_onset_by_bisection(onset):
 
 @pytest.mark.parametrize("step13_copies", [False, True])
 def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_evaluation(
-        tmp_path, monkeypatch, capsys, step13_copies):
+        tmp_path, monkeypatch, capsys, caplog, step13_copies):
     """Evaluations at steps 8 (no copy) and 16 (copies): the checkpoints of steps 9-15 are kept
     though keep_last is 1, scored by bisection (12, 14, 13 when copying begins after step 13), and
     step 13's weights become model-best; afterwards they are pruned as usual. When step 13 shows 3 %
     copies (under the 5 % limit) that more samples put at 6 %, step 12 is the newest under it."""
+    caplog.set_level(logging.INFO, logger="xurdif.train")
     out = tmp_path / "run"
     seen = []
     best = 12 if step13_copies else 13
@@ -368,6 +369,9 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=16", "eval.kid_every_steps=8",
                         "checkpoint.every_steps=1", "checkpoint.keep_last=1"]) == 0
     assert seen == [8, 16, 12, 14, 13] + ([(13, 256)] if step13_copies else [])
+    # The second measurement's log line names the checkpoint's step, not the live one (16).
+    assert ("step 13: 3.0% of 64 samples copy, under eval.memorised_max; measured again with 256: 6.0%"
+            in caplog.messages) == step13_copies
     assert read_meta(out / "model-best.safetensors").extra["best"] == {
         "step": best, "kid": 1 / best, "kid_std": 0.01, "memorised": 0.0, "samples": 64.0}
     state = json.loads((out / "checkpoints" / "step-0000016" / "state.json").read_text())

@@ -178,17 +178,18 @@ class BestModel:
             started = self.clock()
             monitor = self.monitor()
             warned = self.state.memorised_warned
-            scores, seconds = self.measure(monitor, model.ema, model)
+            scores, seconds = self.measure(monitor, model.ema, model, self.state.step)
             memorising = self.record(scores, started, self.clock(), seconds, monitor.picture)
             if memorising and not warned:
                 self.look_back(model, monitor)
         self.acc.wait_for_everyone()
         return self.cfg.stop_on_memorised and any_rank(self.acc, memorising)
 
-    def measure(self, monitor: KidMonitor, ema: torch.nn.Module, model: Model) -> tuple[dict[str, float], float]:
-        """The monitor's scores of `ema` (with "samples": how many were drawn) and the seconds they took;
-        a share of copies above 0 but under eval.memorised_max is measured again with CONFIRM_SAMPLES
-        times the samples (the first ones among them), and that measurement is the one that counts."""
+    def measure(self, monitor: KidMonitor, ema: torch.nn.Module, model: Model,
+                step: int) -> tuple[dict[str, float], float]:
+        """The monitor's scores of `ema` (the weights of `step`), with "samples": how many were drawn,
+        and the seconds they took. A share of copies above 0 but under eval.memorised_max is measured
+        again with CONFIRM_SAMPLES times the samples (the first ones among them), and that one counts."""
         n = self.cfg.kid_samples
         scores = monitor(ema, model.schedule, model.meta)
         seconds = monitor.seconds
@@ -198,7 +199,7 @@ class BestModel:
             scores = monitor(ema, model.schedule, model.meta, samples=n)
             seconds += monitor.seconds
             log.info("step %d: %.1f%% of %d samples copy, under eval.memorised_max; measured again with %d: %.1f%%",
-                     self.state.step, 100 * first, self.cfg.kid_samples, n, 100 * scores["memorised"])
+                     step, 100 * first, self.cfg.kid_samples, n, 100 * scores["memorised"])
         return {**scores, "samples": float(n)}, seconds
 
     def record(self, scores: dict[str, float], started: float, ended: float, cost: float,
@@ -282,7 +283,7 @@ class BestModel:
                 log.warning("look-back: skipping checkpoint %s: %s", path, broken)
                 return 1.0
             with weights_of(model.ema, load_weights(path, "ema")["ema"]) as ema:
-                scored[path] = self.measure(monitor, ema, model)[0], monitor.picture
+                scored[path] = self.measure(monitor, ema, model, step_of(path))[0], monitor.picture
             return scored[path][0]["memorised"]
 
         found = newest_under(paths, memorised, self.cfg.memorised_max)

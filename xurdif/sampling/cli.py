@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ModelFileError, EvaluateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"| sampler | spacing | sigma_min | eta | steps | KID x1e3 (± std) | s/image |\n|---|---|---|---|---|---|---|")
+    print("| sampler | spacing | sigma_min | eta | steps | KID x1e3 (± std) | s/image |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sampler']} | {r['spacing']} | {r.get('sigma_min', 0):g} | {r['eta']:g} | {r['steps']} | "
               f"{r['kid_x1e3']:.2f} ± {r['kid_std_x1e3']:.2f} | {r['seconds_per_image']:.4f} |")

@@ -300,6 +300,42 @@ def test_trainer_evaluation_measures_its_reference_images_once(tmp_path, monkeyp
     torch.testing.assert_close(references[0], heldout.images.double().mean(dim=(2, 3)))
 
 
+def test_trainer_evaluation_says_how_many_held_out_images_the_copy_test_flags(tmp_path, monkeypatch, caplog):
+    """At set-up, the copy test runs once on the held-out images: new images of the kind, so what it
+    flags there is its own false flags; at or over eval.memorised_max, a warning that the stop may
+    end the run for images that are not copies."""
+    import logging
+
+    from xurdif.data import open_dataset
+    from xurdif.data.holdout import HeldOut, set_aside
+    from xurdif.recipe import load_recipe
+    from xurdif.train.monitor import KidMonitor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO, logger="xurdif.train")
+    recipe = load_recipe(Path(__file__).parent / "recipes" / "fixture.yaml",
+                         ["eval.real_images=16", "eval.memorised_max=0.2", "eval.stop_on_memorised=true"])
+    data = open_dataset(recipe.data)
+    heldout = set_aside(data, 0.25)
+    monitor = KidMonitor(recipe, data, torch.device("cpu"), heldout)
+    monitor.extractor = MeanColour()
+    monitor.reference()
+    assert monitor.heldout_flagged == 0.0
+    assert (f"evaluation: the copy test flags 0.0% of the {len(heldout.images)} held-out images against the "
+            "training images (new images: the test's own false flags)") in caplog.messages
+    # Held-out images that are training images moved by 1 px (3 of 8; the fixture is 16 px): flagged, over the limit.
+    train = monitor.train
+    shifted = torch.cat([train[:3].roll(1, dims=-1), heldout.images[3:]])
+    monitor = KidMonitor(recipe, data, torch.device("cpu"), HeldOut(heldout.names, shifted, "test"))
+    monitor.extractor = MeanColour()
+    monitor.reference()
+    assert monitor.heldout_flagged == 3 / 8
+    assert caplog.records[-1].levelname == "WARNING" and caplog.messages[-1] == (
+        "evaluation: the copy test flags 37.5% of the 8 held-out images against the training images, at or over "
+        "eval.memorised_max 20.0%: on this data it flags new images too (near-duplicates across the split?), so "
+        "copies over the limit may not be copies and eval.stop_on_memorised may stop the run early")
+
+
 def test_missing_or_empty_folder_is_named(tmp_path, capsys):
     with pytest.raises(EvaluateError, match="nowhere.*no such folder"):
         list_images(tmp_path / "nowhere")

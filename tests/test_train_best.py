@@ -43,7 +43,7 @@ def scripted(monkeypatch):
             self.picture = torch.full((3, 4, 8), len(calls), dtype=torch.uint8)  # which evaluation drew it
 
         def __call__(self, ema, schedule, meta, samples=None):
-            if samples is not None:  # measured again: the last evaluation, with more samples
+            if samples is not None:  # measured again, or the look-back: the last evaluation's scores
                 scripted.samples.append(samples)
                 kid, memo = SCRIPT[len(calls) - 1]
                 return {"kid": kid, "kid_std": 0.005, "memorised": scripted.confirm.get(len(calls) - 1, memo)}
@@ -130,8 +130,9 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     out = tmp_path / "run"
     assert train(out, "eval.stop_on_memorised=true", "checkpoint.every_steps=5") == 0
     # The evaluation at step 6 copies: the look-back scores step 5's checkpoint (the one since step 4's
-    # evaluation; it copies too, by the script), and nothing is evaluated after the stop.
-    assert scripted == [0.5, 0.3, 0.1, 0.2]
+    # evaluation) with 256 samples (it copies too: the fake answers with step 6's scores), and nothing
+    # is evaluated after the stop. (The first 256: step 4's 4 % measured again.)
+    assert scripted == [0.5, 0.3, 0.1] and scripted.samples == [256, 256]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000005", "step-0000006"]
     state = json.loads((out / "checkpoints" / "step-0000006" / "state.json").read_text())
     assert state["step"] == 6
@@ -145,8 +146,8 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
     ea.Reload()
     assert [e.tensor_proto.string_val[0].decode() for e in ea.Tensors("eval/lookback/text_summary")] == [
-        "looked back: 1 of the 1 checkpoints kept since step 4 scored; the oldest of them copies over "
-        "eval.memorised_max too: model-best stays"]
+        "looked back: 1 of the 1 checkpoints kept since step 4 scored, 256 samples each, against 2.5% copies "
+        "(half of eval.memorised_max); the oldest of them copies more: model-best stays"]
 
 
 def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, monkeypatch):
@@ -337,7 +338,8 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     """Evaluations at steps 8 (no copy) and 16 (copies): the checkpoints of steps 9-15 are kept
     though keep_last is 1, scored by bisection (12, 14, 13 when copying begins after step 13), and
     step 13's weights become model-best; afterwards they are pruned as usual. When step 13 shows 3 %
-    copies (under the 5 % limit) that more samples put at 6 %, step 12 is the newest under it."""
+    copies (under the 5 % limit, over the look-back's half of it), step 12 is the newest under it. The
+    look-back draws four times the evaluations' samples."""
     caplog.set_level(logging.INFO, logger="xurdif.train")
     out = tmp_path / "run"
     seen = []
@@ -359,21 +361,15 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
             step = step or {0: 8, 1: 16}[sum(s in (8, 16) for s in seen)]  # a live evaluation: no checkpoint yet
             seen.append((step, samples) if samples else step)
             self.picture = torch.full((3, 4, 8), step, dtype=torch.uint8)
-            if step == 13 and step13_copies:
-                memo = 0.06 if samples else 0.03
-            else:
-                memo = 0.0 if step <= 13 else 0.5
+            memo = 0.03 if step == 13 and step13_copies else 0.0 if step <= 13 else 0.5
             return {"kid": 1.0 / step, "kid_std": 0.01, "memorised": memo}
 
     monkeypatch.setattr(loop, "KidMonitor", ByWeights)
     assert launch_main([str(FIXTURE_RECIPE), f"train.output_dir={out}", "train.steps=16", "eval.kid_every_steps=8",
                         "checkpoint.every_steps=1", "checkpoint.keep_last=1"]) == 0
-    assert seen == [8, 16, 12, 14, 13] + ([(13, 256)] if step13_copies else [])
-    # The second measurement's log line names the checkpoint's step, not the live one (16).
-    assert ("step 13: 3.0% of 64 samples copy, under eval.memorised_max; measured again with 256: 6.0%"
-            in caplog.messages) == step13_copies
+    assert seen == [8, 16, (12, 256), (14, 256), (13, 256)]
     assert read_meta(out / "model-best.safetensors").extra["best"] == {
-        "step": best, "kid": 1 / best, "kid_std": 0.01, "memorised": 0.0, "samples": 64.0}
+        "step": best, "kid": 1 / best, "kid_std": 0.01, "memorised": 0.0, "samples": 256.0}
     state = json.loads((out / "checkpoints" / "step-0000016" / "state.json").read_text())
     assert (state["best_step"], state["clean_step"], state["evals_since_best"]) == (best, 8, 1)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000016"]
@@ -381,14 +377,15 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     assert capsys.readouterr().out.splitlines()[-2].startswith(
         f"model-best.safetensors: step {best}, KID {1e3 / best:.1f} x1e-3; the 1 evaluation after it")
     assert (f"<li>model-best.safetensors: step {best} (a checkpoint scored by the look-back), KID "
-            f"{1 / best:.4g}, memorised 0.0% of 64 samples</li>") in (out / "report.html").read_text()
+            f"{1 / best:.4g}, memorised 0.0% of 256 samples</li>") in (out / "report.html").read_text()
     ea = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0})
     ea.Reload()
     text = ea.Tensors("eval/lookback/text_summary")
     assert [e.step for e in text] == [16]
     assert text[0].tensor_proto.string_val[0].decode() == (
-        f"looked back: 3 of the 7 checkpoints kept since step 8 scored; step {best} is the newest under it, "
-        f"KID {1e3 / best:.1f} x1e-3: now model-best")
+        "looked back: 3 of the 7 checkpoints kept since step 8 scored, 256 samples each, against 2.5% copies (half "
+        f"of eval.memorised_max); step {best} is the newest under it (0.0%), KID {1e3 / best:.1f} x1e-3: now model-best")
+    assert text[0].tensor_proto.string_val[0].decode() in caplog.messages  # the log says it too
 
 
 def test_the_second_measurement_cuts_how_often_a_4_percent_copier_passes_as_the_readme_says():

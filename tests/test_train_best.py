@@ -384,7 +384,8 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     assert [e.step for e in text] == [16]
     assert text[0].tensor_proto.string_val[0].decode() == (
         "looked back: 3 of the 7 checkpoints kept since step 8 scored, 256 samples each, against 2.5% copies (half "
-        f"of eval.memorised_max); step {best} is the newest under it (0.0%), KID {1e3 / best:.1f} x1e-3: now model-best")
+        f"of eval.memorised_max); step {best} is the newest under it (0.0%), KID {1e3 / best:.1f} x1e-3: "
+        "now model-best")
     assert text[0].tensor_proto.string_val[0].decode() in caplog.messages  # the log says it too
 
 

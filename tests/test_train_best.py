@@ -147,7 +147,7 @@ def test_stop_on_memorised_saves_and_exits_cleanly(tmp_path, scripted, capsys):
     ea.Reload()
     assert [e.tensor_proto.string_val[0].decode() for e in ea.Tensors("eval/lookback/text_summary")] == [
         "looked back: 1 of the 1 checkpoints kept since step 4 scored, 256 samples each, against 2.5% copies "
-        "(half of eval.memorised_max); the oldest of them copies more: model-best stays"]
+        "(50% of eval.memorised_max); the oldest of them copies more: model-best stays"]
 
 
 def test_time_share_spaces_evaluations_by_what_they_cost(tmp_path, scripted, monkeypatch):
@@ -383,7 +383,7 @@ def test_first_memorisation_looks_back_at_the_checkpoints_since_the_last_clean_e
     text = ea.Tensors("eval/lookback/text_summary")
     assert [e.step for e in text] == [16]
     assert text[0].tensor_proto.string_val[0].decode() == (
-        "looked back: 3 of the 7 checkpoints kept since step 8 scored, 256 samples each, against 2.5% copies (half "
+        "looked back: 3 of the 7 checkpoints kept since step 8 scored, 256 samples each, against 2.5% copies (50% "
         f"of eval.memorised_max); step {best} is the newest under it (0.0%), KID {1e3 / best:.1f} x1e-3: "
         "now model-best")
     assert text[0].tensor_proto.string_val[0].decode() in caplog.messages  # the log says it too

@@ -41,7 +41,7 @@ FIRST_EVAL_AFTER_S = 60.0
 CONFIRM_SAMPLES = 4
 # The look-back picks at the boundary: of several checkpoints, the newest whose measured share is under
 # a limit is the one most likely measured low by chance. On 20 sprites its pick measured 2.0 % in 256
-# samples in training and 5.5 % in 256 others afterwards (docs/quality.md "Twenty images"). So it
+# samples in training and 5.5 % in 256 others afterwards (docs/quality.md "The look-back's pick"). So it
 # measures each with CONFIRM_SAMPLES times the samples against this share of the limit: a checkpoint
 # copying 2 % then passes 11 % of the time (60 % at the whole limit), 1 %: 53 %, 0.4 %: 92 %.
 LOOKBACK_MARGIN = 0.5
@@ -320,7 +320,7 @@ class BestModel:
         self.seconds += self.clock() - started
         since = "the start" if after < 0 else f"step {after}"
         msg = (f"looked back: {len(scored)} of the {len(paths)} checkpoints kept since {since} scored, {n} samples "
-               f"each, against {limit:.1%} copies (half of eval.memorised_max); ")
+               f"each, against {limit:.1%} copies ({LOOKBACK_MARGIN:.0%} of eval.memorised_max); ")
         if found is None:
             msg += "the oldest of them copies more: model-best stays"
         else:

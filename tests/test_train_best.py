@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from xurdif.train import loop
-from xurdif.train.monitor import best_summary
+from xurdif.train.best import best_summary
 from xurdif.train.state import RunState
 from xurdif.train.cli import main as launch_main
 from xurdif.weights import load_state, read_meta
@@ -195,7 +195,7 @@ def spaced_run(setup_s: float, charge_by_progress: bool, hours: float = 8.0, sha
     from types import SimpleNamespace
 
     from xurdif.recipe import load_recipe
-    from xurdif.train.monitor import BestModel
+    from xurdif.train.best import BestModel
     from xurdif.train.state import RunState
 
     recipe = load_recipe(FIXTURE_RECIPE, [f"eval.time_share={share}", "eval.kid_every_steps=0",
@@ -395,7 +395,7 @@ def test_the_second_measurement_cuts_how_often_a_4_percent_copier_passes_as_the_
     from math import ceil, comb
 
     from xurdif.recipe.load import load_recipe
-    from xurdif.train.monitor import CONFIRM_SAMPLES
+    from xurdif.train.best import CONFIRM_SAMPLES
 
     e, p = load_recipe(ROOT / "recipes" / "watercolor.yaml").eval, 0.04
     assert e == load_recipe(ROOT / "recipes" / "small-data.yaml").eval

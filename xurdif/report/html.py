@@ -230,13 +230,14 @@ def copies(runs: list[RunData], out_dir: Path) -> str:
                  f"memorised share over eval.memorised_max from: {f'step {over[0][0]}' if over else 'never'}"]
         if r.best:
             step, samples = r.best.get("step"), r.best.get("samples")
+            evaluated = [s for s, _ in points(r, "eval/kid")]
             # Not an evaluation's step: the look-back scored that checkpoint when the copies were found.
-            how = "" if step in {s for s, _ in points(r, "eval/kid")} else " (a checkpoint scored by the look-back)"
+            how = "" if step in evaluated else " (a checkpoint scored by the look-back)"
             of = f" of {samples:.0f} samples" if samples else ""
             lines.append(f"model-best.safetensors: step {step}{how}, KID {fmt(r.best.get('kid', 0))}, "
                          f"memorised {r.best.get('memorised', 0):.1%}{of}")
             # A long tail here is a plateau: the hours after the best bought nothing.
-            after = [s for s, _ in points(r, "eval/kid") if s > r.best.get("step", math.inf)]
+            after = [s for s in evaluated if s > r.best.get("step", math.inf)]
             if after:
                 lines.append(f"no better model in the {len(after)} evaluation{'s' if len(after) > 1 else ''} "
                              f"after it, to step {after[-1]}")

@@ -211,7 +211,7 @@ def close_session(recipe: Recipe, acc, outputs, opened: bool, held: contextlib.E
 
 def last_words(end, state) -> list[str]:
     """Printed last, after the progress bar: what the operator reads when the command returns."""
-    from .monitor import best_summary
+    from .best import best_summary
 
     best = best_summary(state)
     return ([best] if best else []) + [f"done: {end.path}" if end.reason == "done"

@@ -6,7 +6,7 @@ eval.memorised_max, the checkpoints written since the last evaluation under it a
 MAX_WAITING they are thinned to stay near evenly spread, the newest staying), and at the
 first evaluation over it they are scored by bisection: copying, once begun, only grew in every
 run measured, so the newest checkpoint under the limit (half of it, measured with more samples:
-monitor.LOOKBACK_MARGIN) is found in about log2(n) evaluations. It becomes model-best.safetensors
+best.LOOKBACK_MARGIN) is found in about log2(n) evaluations. It becomes model-best.safetensors
 when its KID is lower."""
 from __future__ import annotations
 

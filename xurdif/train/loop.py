@@ -26,7 +26,8 @@ from .loss import Loss
 from .lr import learning_rate
 from .model import Model
 from .network import compile_forward, exported_meta
-from .monitor import FIRST_EVAL_AFTER_S, BestModel, KidMonitor
+from .best import FIRST_EVAL_AFTER_S, BestModel
+from .monitor import KidMonitor
 from .nonfinite import NonFiniteCounter, NonFiniteError
 from .outputs import RunOutputs
 from .signals import StopRequest
